@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup train test test-fast analyze benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test]"
+	# torchattacks declares torchvision + requests~=2.25.1 but imports neither: install it alone.
+	$(PIP) install -q --no-deps "torchattacks==3.5.1"
+	$(PY) -c "import torch, pytorch_lightning, torchmetrics, wandb, torchattacks, cvxpylayers.torch"
+	touch $(STAMP)
+
+train: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py $(ARGS)
+
+analyze: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) analyze.py $(ARGS)
+
+test: $(STAMP)
+	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/geometry.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs wandb results .pytest_cache

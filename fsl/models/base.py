@@ -1,0 +1,76 @@
+"""Common interface of every fsl classifier: ``logits = forward_head(forward_features(x))``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+# SELU's constants: selu(z) > -lambda * alpha for every z.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_LAMBDA = 1.0507009873554804934193349852946
+SELU_LOWER = -SELU_ALPHA * SELU_LAMBDA  # ≈ -1.7581
+
+
+@dataclass(frozen=True)
+class FeatureDomain:
+    """Box ``lower <= y <= upper`` that the last hidden activation allows (``None`` = unbounded)."""
+
+    lower: float | None = None
+    upper: float | None = None
+
+    def contains(self, features: torch.Tensor, atol: float = 1e-6) -> bool:
+        ok = True
+        if self.lower is not None:
+            ok = ok and bool((features >= self.lower - atol).all())
+        if self.upper is not None:
+            ok = ok and bool((features <= self.upper + atol).all())
+        return ok
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` on inputs in [0, 1]; lives inside the model for torchattacks."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        if (std_t <= 0).any():
+            raise ValueError(f"Normalize: std must be positive, got {list(std)}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class FeatureClassifier(nn.Module):
+    """Base class: subclasses define ``forward_features`` and set ``self.head`` (an ``nn.Linear``).
+
+    Attributes:
+        head: the final ``nn.Linear(feature_dim, num_classes)``.
+        feature_domain: :class:`FeatureDomain` of the features that ``forward_features`` returns.
+        input_shape: ``(C, H, W)`` the model expects, inputs in [0, 1].
+    """
+
+    head: nn.Linear
+    feature_domain: FeatureDomain
+    input_shape: tuple[int, int, int]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, f)
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # (B, f) -> (B, n)
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1] -> (B, n) logits
+        return self.forward_head(self.forward_features(x))

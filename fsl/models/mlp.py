@@ -1,0 +1,68 @@
+"""Fully connected nets of seed 001: the one-layer FCNN and the five-layer SELU FCNN."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsl.models.base import SELU_LOWER, FeatureClassifier, FeatureDomain, Normalize
+
+
+def _lecun_normal_(layer: nn.Linear) -> None:
+    # SELU's self-normalisation assumes LeCun-normal weights and zero bias.
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
+    nn.init.zeros_(layer.bias)
+
+
+class FCNN1(FeatureClassifier):
+    """One linear layer ``784 -> 10``; the features are the normalised, flattened pixels.
+
+    With ``selu_output=True`` the logits pass through SELU (seed 001's invertible variant);
+    SELU is increasing, so predictions and decision boundaries are those of ``head``.
+    """
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,),
+                 selu_output: bool = False):
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.normalize = Normalize(mean, std)
+        in_features = int(torch.tensor(self.input_shape).prod())
+        self.head = nn.Linear(in_features, num_classes)
+        self.selu_output = bool(selu_output)
+        # normalised pixels: (0 - mean)/std <= y <= (1 - mean)/std; one bound for all channels
+        lows = [(0.0 - m) / s for m, s in zip(mean, std)]
+        highs = [(1.0 - m) / s for m, s in zip(mean, std)]
+        self.feature_domain = FeatureDomain(min(lows), max(highs))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x).flatten(1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.head(features)
+        return F.selu(logits) if self.selu_output else logits
+
+
+class SeluMLP(FeatureClassifier):
+    """Five-layer SELU FCNN ``784-256-256-128-32-10``; features = the 32-d layer after its SELU."""
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 hidden: Sequence[int] = (256, 256, 128, 32),
+                 mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,)):
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.normalize = Normalize(mean, std)
+        sizes = [int(torch.tensor(self.input_shape).prod()), *[int(h) for h in hidden]]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = nn.Linear(sizes[-1], num_classes)
+        for layer in [*self.layers, self.head]:
+            _lecun_normal_(layer)
+        self.feature_domain = FeatureDomain(SELU_LOWER, None)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.normalize(x).flatten(1)
+        for layer in self.layers:
+            h = F.selu(layer(h))
+        return h
