@@ -1,0 +1,1 @@
+"""Adversarial attacks and their detection in feature space (DESIGN section B); plain tensor functions."""
