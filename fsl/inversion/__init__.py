@@ -1,0 +1,26 @@
+"""From feature space back to pixels (DESIGN C1-C3): pure torch, batched, CPU or CUDA.
+
+* :func:`invert_to_features` -- images closest to a reference that map to a feature point, into
+  a ball or onto a sphere around it (``InversionResult`` with honest residuals and success flags).
+* :func:`morph`, :func:`pixel_line_feature_path`, :func:`two_point_equidistant` -- paper
+  Figures 8-9 and appendix A; :func:`make_references` (black, white, sample, other).
+* :func:`jacobian_null_space`, :func:`null_space_directions`, :func:`null_step_response`,
+  :func:`level_set_walk` -- Jacobian preimages (seed 002).
+"""
+from fsl.inversion._common import feature_jacobian, frozen_eval
+from fsl.inversion.core import METHODS, MODES, InversionResult, invert_to_features, relative_point_residual
+from fsl.inversion.paths import (REFERENCE_KINDS, MorphResult, PixelLinePath, black_reference,
+                                 make_references, morph, pixel_line_feature_path, two_point_equidistant,
+                                 white_reference)
+from fsl.inversion.preimage import (LevelSetWalk, NullSpace, StepResponse, jacobian_null_space,
+                                    level_set_walk, null_space_directions, null_space_directions_from,
+                                    null_step_response)
+
+__all__ = [
+    "invert_to_features", "InversionResult", "MODES", "METHODS", "relative_point_residual",
+    "feature_jacobian", "frozen_eval",
+    "make_references", "black_reference", "white_reference", "REFERENCE_KINDS",
+    "morph", "MorphResult", "pixel_line_feature_path", "PixelLinePath", "two_point_equidistant",
+    "jacobian_null_space", "NullSpace", "null_space_directions", "null_space_directions_from",
+    "null_step_response", "StepResponse", "level_set_walk", "LevelSetWalk",
+]

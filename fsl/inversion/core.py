@@ -1,0 +1,475 @@
+r"""Inversion from feature space to pixels (seed 000, sections 4-5; DESIGN C1).
+
+For every target feature ``t_b`` find the image ``x_b`` in the box ``[0, 1]^p`` closest to its
+reference ``r_b``::
+
+    minimize  ||x - r||^2     subject to   N(x) = t                 (mode="point")
+                                            ||N(x) - t|| <= radius    (mode="ball")
+                                            ||N(x) - t||  = radius    (mode="sphere")
+                                            0 <= x <= 1
+
+``N = model.forward_features``.  The problem is non-convex (``N`` is a deep net), so a local
+solution is returned; what is guaranteed is the honesty of the report: the residual is measured
+again on the returned image, and ``success`` is true only when it meets the tolerance.
+
+Two batched solvers:
+
+* ``method="sqp"`` (default): an equality-constrained SQP / projected Gauss-Newton method. Each
+  step solves the linearised problem exactly on the free pixels,
+  ``min ||x + d - r||^2  s.t.  c(x) + J d = 0,  d_i = 0 for pixels held at a bound``, via the
+  small ``m x m`` system ``(J J^T + mu I) lambda = c - J (x - r)`` in float64 (``m = f`` for a
+  point, ``m = 1`` for a sphere), with an Armijo backtracking line search on the exact
+  penalty ``0.5 ||x - r||^2 + rho ||c(x)||`` (``rho > ||lambda||``), a second-order correction
+  against the Maratos effect, and a pure Gauss-Newton feasibility fallback when the line search
+  fails. The box is an active set (pixels at a bound whose step points outward are frozen)
+  plus a projection of every trial point.
+* ``method="al"``: augmented Lagrangian with a projected Adam inner solver
+  (``L = 0.5||x-r||^2 + lambda^T c + mu/2 ||c||^2``; ``lambda += mu c``; ``mu`` grows when ``||c||``
+  stalls), optionally followed by Gauss-Newton feasibility steps (``polish``).
+
+A ball is solved as follows: a reference already inside the ball is its own solution (distance 0);
+otherwise the closest feasible point lies on the sphere (on the segment from the reference to
+any feasible point the constraint changes sign), so the sphere problem is solved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fsl.inversion._common import feature_jacobian, features_of, frozen_eval, vjp_rows
+
+MODES = ("point", "ball", "sphere")
+METHODS = ("al+sqp", "sqp", "al")
+_BOUND_EPS = 1e-6
+
+
+@dataclass
+class InversionResult:
+    """Per-sample outcome of :func:`invert_to_features` (all tensors on the inputs' device).
+
+    Attributes:
+        images: (B, C, H, W) solutions, inside [0, 1].
+        features: (B, f) ``N(images)``, re-evaluated on the returned images.
+        feature_residual: (B,) float64. ``mode="point"``: ``||N(x) - t|| / max(||t||, abs_floor)``;
+            ``"ball"``: ``max(||N(x) - t|| - r, 0) / r``; ``"sphere"``: ``| ||N(x) - t|| - r | / r``.
+        feature_error: (B,) float64 ``||N(x) - t||`` (absolute).
+        distance: (B,) float64 ``||x - x_r||`` (Euclidean, pixel units in [0, 1]).
+        success: (B,) bool, ``feature_residual <= tol`` (measured, never assumed).
+        iterations: (B,) int64 outer iterations used per sample.
+        stationarity: (B,) float64 ``||tangential step|| / max(||x - x_r||, 1e-12)`` at the end:
+            how far the linearised problem would still move the image along the constraint
+            surface (small = a local minimiser of the distance; SQP only, NaN for "al").
+        target_in_domain: (B,) bool, whether ``t`` lies in ``model.feature_domain`` (a target
+            outside cannot be reached; it is still attempted and reported honestly).
+        mode, tol, method: what was solved.
+    """
+
+    images: torch.Tensor
+    features: torch.Tensor
+    feature_residual: torch.Tensor
+    feature_error: torch.Tensor
+    distance: torch.Tensor
+    success: torch.Tensor
+    iterations: torch.Tensor
+    stationarity: torch.Tensor
+    target_in_domain: torch.Tensor
+    mode: str = "point"
+    tol: float = 1e-3
+    method: str = "sqp"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.double().mean()) if self.success.numel() else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# constraint evaluation
+
+
+class _Problem:
+    """Constraint ``c(x)`` (B, m) and its Jacobian for one mode; everything returned in float64."""
+
+    def __init__(self, model: nn.Module, targets: torch.Tensor, radius: torch.Tensor | None,
+                 mode: str, max_rows: int, generator: torch.Generator | None):
+        self.model, self.t, self.r, self.mode = model, targets, radius, mode
+        self.max_rows = max_rows
+        self.generator = generator
+        self.m = targets.shape[1] if mode == "point" else 1
+
+    def value(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        feats = features_of(self.model, x).double()
+        diff = feats - self.t[idx]
+        if self.mode == "point":
+            return diff
+        return (diff.norm(dim=1) - self.r[idx]).unsqueeze(1)
+
+    def value_and_jac(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "point":
+            J = feature_jacobian(self.model, x, self.max_rows).double()
+            c = features_of(self.model, x).double() - self.t[idx]
+            return c, J
+        feats = features_of(self.model, x).double()
+        diff = feats - self.t[idx]
+        nrm = diff.norm(dim=1, keepdim=True)
+        u = diff / nrm.clamp_min(1e-30)
+        # at N(x) = t the sphere's gradient is undefined: use a random unit direction
+        tiny = (nrm.squeeze(1) <= 1e-9 * (1.0 + self.t[idx].norm(dim=1)))
+        if tiny.any():
+            g = torch.randn(int(tiny.sum()), diff.shape[1], generator=self.generator,
+                            dtype=torch.float64, device="cpu").to(diff.device)
+            u[tiny] = g / g.norm(dim=1, keepdim=True)
+        _, row = vjp_rows(self.model, x, u)
+        c = (nrm.squeeze(1) - self.r[idx]).unsqueeze(1)
+        return c, row.double().unsqueeze(1)
+
+
+def _residual_report(model, x, targets, radius, mode, abs_floor):
+    feats = features_of(model, x)
+    err = (feats.double() - targets).norm(dim=1)
+    if mode == "point":
+        res = err / targets.norm(dim=1).clamp_min(abs_floor)
+    elif mode == "ball":
+        res = (err - radius).clamp_min(0.0) / radius
+    else:
+        res = (err - radius).abs() / radius
+    return feats, err, res
+
+
+def _in_domain(model, targets) -> torch.Tensor:
+    dom = getattr(model, "feature_domain", None)
+    ok = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
+    if dom is None:
+        return ok
+    if dom.lower is not None:
+        ok &= (targets >= dom.lower - 1e-6).all(dim=1)
+    if dom.upper is not None:
+        ok &= (targets <= dom.upper + 1e-6).all(dim=1)
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------
+# SQP
+
+
+def _linearised_step(x, xr, c, J, mu):
+    """Solve the linearised subproblem on the free pixels.
+
+    ``min ||x + d - r||^2  s.t.  c + J d = 0,  d_i = 0`` for pixels held at a bound, with
+    Levenberg-Marquardt regularisation ``J_F J_F^T + mu * mean(diag) * I``.
+
+    Shapes: x, xr (B, p) float64; c (B, m); J (B, m, p); mu (B,).
+    Returns the normal (feasibility) part dn = -J_F^+ c, the tangential part
+    dt = -(I - J_F^+ J_F) (x - r)_F, lambda (B, m), the free mask (B, p), and (A, J_F) for
+    chord corrections.
+    """
+    B, p = x.shape
+    e = x - xr
+    free = torch.ones_like(x, dtype=torch.bool)
+    at_lo = x <= _BOUND_EPS
+    at_hi = x >= 1.0 - _BOUND_EPS
+    eye = torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
+    for _ in range(4):
+        Jf = J * free.unsqueeze(1)
+        ef = e * free
+        A = Jf @ Jf.transpose(1, 2)
+        scale = A.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)
+        A = A + (mu * scale).view(B, 1, 1) * eye
+        Je = (Jf @ ef.unsqueeze(2)).squeeze(2)
+        sol = torch.linalg.solve(A, torch.stack([c, Je], dim=2))  # (B, m, 2)
+        lam = sol[..., 0] - sol[..., 1]
+        dn = -(Jf.transpose(1, 2) @ sol[..., :1]).squeeze(2) * free
+        dt = (-ef + (Jf.transpose(1, 2) @ sol[..., 1:]).squeeze(2)) * free
+        d = dn + dt
+        newly = free & ((at_lo & (d < 0)) | (at_hi & (d > 0)))
+        if not newly.any():
+            break
+        free = free & ~newly
+    return dn, dt, lam, free, A, Jf
+
+
+def _chord(A, Jf, c):
+    """Gauss-Newton correction with a frozen Jacobian: ``-J_F^T A^{-1} c`` (B, p)."""
+    return -(Jf.transpose(1, 2) @ torch.linalg.solve(A, c.unsqueeze(2))).squeeze(2)
+
+
+def _sqp(problem: _Problem, x0: torch.Tensor, xr: torch.Tensor, abs_tol: torch.Tensor,
+         max_iter: int, mu_rel: float, step_tol: float, n_chord: int = 3):
+    """Batched two-phase SQP. x0, xr: (B, C, H, W) in the model dtype; abs_tol (B,) goal on ||c||.
+
+    Phase A (infeasible samples): Levenberg-Marquardt Gauss-Newton steps ``-J_F^+ c`` (minimum-norm,
+    so they stay close to the start) with a sufficient-decrease test on ``||c||``.
+    Phase B (feasible samples, ``||c|| <= abs_tol / 2``): the SQP step ``dn + alpha * dt`` followed
+    by up to ``n_chord`` Gauss-Newton corrections with the same Jacobian; a trial is accepted only
+    if it is feasible again and strictly closer to the reference (a feasible, monotone path),
+    otherwise alpha is halved. A sample stops when ``||dt|| <= step_tol * ||x - r||`` or no alpha
+    down to 2^-8 is accepted.
+
+    Returns x (B, C, H, W), iterations (B,), stationarity ``||dt|| / ||x - r||`` (B,).
+    """
+    shape = x0.shape
+    B = shape[0]
+    dtype = x0.dtype
+    dev = x0.device
+    x = x0.reshape(B, -1).double().clone()
+    xr64 = xr.reshape(B, -1).double()
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    stat = torch.full((B,), float("nan"), dtype=torch.float64, device=dev)
+    mu = torch.full((B,), mu_rel, dtype=torch.float64, device=dev)
+    alpha0 = torch.ones(B, dtype=torch.float64, device=dev)
+    active = torch.arange(B, device=dev)
+
+    def to_img(v):
+        return v.to(dtype).reshape(-1, *shape[1:])
+
+    for it in range(max_iter):
+        if active.numel() == 0:
+            break
+        xa, xra = x[active], xr64[active]
+        c, J = problem.value_and_jac(to_img(xa), active)
+        cn = c.norm(dim=1)
+        tol_a = 0.5 * abs_tol[active]
+        feas = cn <= tol_a
+        iters[active] += 1
+        keep = torch.ones(active.numel(), dtype=torch.bool, device=dev)
+
+        # ---------------- phase A: restore feasibility (LM Gauss-Newton)
+        ia = (~feas).nonzero().squeeze(1)
+        if ia.numel():
+            mu_a = mu[active[ia]].clone()
+            acc = torch.zeros(ia.numel(), dtype=torch.bool, device=dev)
+            for _ in range(8):
+                todo = (~acc).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+                sel = ia[todo]
+                dn, _, _, _, _, _ = _linearised_step(xa[sel], xa[sel], c[sel], J[sel], mu_a[todo])
+                trial = (xa[sel] + dn).clamp(0.0, 1.0)
+                ct = problem.value(to_img(trial), active[sel])
+                ok = ct.norm(dim=1) <= (1.0 - 1e-4) * cn[sel]
+                x[active[sel[ok]]] = trial[ok]
+                acc[todo[ok]] = True
+                mu_a[todo[ok]] = (mu_a[todo[ok]] / 3.0).clamp_min(mu_rel)
+                mu_a[todo[~ok]] = mu_a[todo[~ok]] * 10.0 + 1e-8
+            mu[active[ia]] = mu_a
+            keep[ia[~acc]] = False  # no decrease of ||c|| possible: infeasible, stop
+
+        # ---------------- phase B: decrease the distance on the constraint surface
+        ib = feas.nonzero().squeeze(1)
+        if ib.numel():
+            xb, xrb, cb = xa[ib], xra[ib], c[ib]
+            dn, dt, lam, free, A, Jf = _linearised_step(xb, xrb, cb, J[ib], mu[active[ib]])
+            en = (xb - xrb).norm(dim=1)
+            st = dt.norm(dim=1) / en.clamp_min(1e-12)
+            stat[active[ib]] = st
+            done = st <= step_tol
+            alpha = alpha0[active[ib]].clone()
+            acc = done.clone()
+            for _ in range(9):
+                todo = (~acc).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+                trial = (xb[todo] + dn[todo] + alpha[todo, None] * dt[todo]).clamp(0.0, 1.0)
+                gi = active[ib[todo]]
+                ct = problem.value(to_img(trial), gi)
+                for _ in range(n_chord):
+                    bad = ct.norm(dim=1) > tol_a[ib[todo]]
+                    if not bad.any():
+                        break
+                    corr = _chord(A[todo[bad]], Jf[todo[bad]], ct[bad]) * free[todo[bad]]
+                    trial[bad] = (trial[bad] + corr).clamp(0.0, 1.0)
+                    ct[bad] = problem.value(to_img(trial[bad]), gi[bad])
+                ok = (ct.norm(dim=1) <= tol_a[ib[todo]]) & ((trial - xrb[todo]).norm(dim=1) < en[todo])
+                x[gi[ok]] = trial[ok]
+                acc[todo[ok]] = True
+                alpha0[gi[ok]] = (alpha[todo[ok]] * 2.0).clamp_max(1.0)
+                alpha[todo[~ok]] *= 0.5
+            keep[ib[done | ~acc]] = False
+            alpha0[active[ib[~acc]]] = alpha[~acc]
+        active = active[keep]
+    # final stationarity of samples still active when the iteration budget ran out
+    return to_img(x), iters, stat
+
+
+# ----------------------------------------------------------------------------------------------
+# augmented Lagrangian + projected Adam
+
+
+def _al(problem: _Problem, x0, xr, abs_tol, max_iter: int, inner_steps: int, lr: float,
+        mu0: float, polish: int, mu_rel: float):
+    B = x0.shape[0]
+    idx = torch.arange(B, device=x0.device)
+    x = x0.detach().clone()
+    lam = torch.zeros(B, problem.m, dtype=torch.float64, device=x0.device)
+    mu = torch.full((B,), mu0, dtype=torch.float64, device=x0.device)
+    prev = torch.full((B,), float("inf"), dtype=torch.float64, device=x0.device)
+    iters = torch.zeros(B, dtype=torch.long, device=x0.device)
+    model = problem.model
+    for it in range(max_iter):
+        c_now = problem.value(x, idx)
+        cn = c_now.norm(dim=1)
+        done = cn <= 0.5 * abs_tol
+        if bool(done.all()):
+            break
+        iters[~done] += 1
+        xv = x.clone().requires_grad_(True)
+        opt = torch.optim.Adam([xv], lr=lr)
+        lam_f, mu_f = lam.to(x.dtype), mu.to(x.dtype)
+        for _ in range(inner_steps):
+            opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                feats = model.forward_features(xv)
+                diff = feats - problem.t.to(x.dtype)
+                if problem.mode == "point":
+                    c = diff
+                else:
+                    c = (diff.norm(dim=1) - problem.r.to(x.dtype)).unsqueeze(1)
+                obj = 0.5 * (xv - xr).flatten(1).pow(2).sum(1)
+                L = obj + (lam_f * c).sum(1) + 0.5 * mu_f * c.pow(2).sum(1)
+                L = L * (~done).to(x.dtype)
+                L.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                xv.clamp_(0.0, 1.0)
+        x = torch.where(done.view(-1, *([1] * (x.dim() - 1))), x, xv.detach())
+        c_new = problem.value(x, idx)
+        cnn = c_new.norm(dim=1)
+        lam = torch.where(done.unsqueeze(1), lam, lam + mu.unsqueeze(1) * c_new)
+        mu = torch.where((cnn > 0.25 * prev) & ~done, mu * 4.0, mu)
+        prev = cnn
+    # Gauss-Newton feasibility steps (distance-blind) for the samples still infeasible
+    for _ in range(polish):
+        c = problem.value(x, idx)
+        bad = (c.norm(dim=1) > 0.5 * abs_tol).nonzero().squeeze(1)
+        if bad.numel() == 0:
+            break
+        xb = x[bad]
+        c, J = problem.value_and_jac(xb, bad)
+        flat = xb.reshape(bad.numel(), -1).double()
+        mu = torch.full((bad.numel(),), mu_rel, dtype=torch.float64, device=flat.device)
+        dn, _, _, _, _, _ = _linearised_step(flat, flat, c, J, mu)
+        trial = (flat + dn).clamp(0, 1).to(x.dtype).reshape(xb.shape)
+        ct = problem.value(trial, bad)
+        ok = ct.norm(dim=1) < c.norm(dim=1)
+        x[bad[ok]] = trial[ok]
+    return x, iters, torch.full((B,), float("nan"), dtype=torch.float64, device=x0.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry point
+
+
+def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torch.Tensor,
+                       radius: float | torch.Tensor | None = None, mode: str = "point",
+                       tol: float = 1e-3, max_iter: int | None = None, method: str = "al+sqp",
+                       al_iter: int | None = None,
+                       init: torch.Tensor | None = None, abs_floor: float = 1e-6,
+                       mu_rel: float = 1e-6, step_tol: float = 1e-4, max_rows: int = 4096,
+                       al_inner_steps: int = 40, al_lr: float = 0.01, al_mu0: float = 1.0,
+                       al_polish: int = 20, seed: int = 0) -> InversionResult:
+    """Images in [0, 1] closest to ``references`` that map to ``targets`` (or to a ball/sphere).
+
+    Args:
+        model: classifier with ``forward_features``; put in eval mode (restored afterwards),
+            its parameters get no gradient. Runs on the model's device and dtype.
+        targets: (B, f) target features ``t``.
+        references: (B, C, H, W) reference images ``x_r`` in [0, 1] (or (C, H, W), broadcast).
+        radius: scalar or (B,) radius, required for ``mode="ball"|"sphere"``, must be > 0.
+        mode: "point" (``N(x) = t``), "ball" (``||N(x) - t|| <= r``), "sphere" (``= r``).
+        tol: relative tolerance of the reported ``feature_residual`` (see InversionResult).
+        max_iter: outer iterations (default 60 for SQP, 30 for AL).
+        method: "sqp" (default) or "al" (augmented Lagrangian + projected Adam).
+        init: optional (B, C, H, W) starting images (default: the references).
+        abs_floor: floor of ``||t||`` in the relative point residual (targets near 0).
+        mu_rel: relative Levenberg-Marquardt regularisation of ``J J^T`` (float64 solve).
+        step_tol: SQP stop when feasible and ``||d|| <= step_tol (1 + ||x - x_r||)``.
+        max_rows: memory bound of the Jacobian (``sample x output`` rows per backward chunk).
+
+    Returns:
+        :class:`InversionResult`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    with frozen_eval(model):
+        device = targets.device
+        p0 = next(iter(model.parameters()), None)
+        mdtype = p0.dtype if p0 is not None else torch.float32
+        mdev = p0.device if p0 is not None else device
+        t = targets.detach().to(mdev).double()
+        B = t.shape[0]
+        refs = references.detach().to(mdev, mdtype)
+        if refs.dim() == 3:
+            refs = refs.unsqueeze(0).expand(B, *refs.shape).contiguous()
+        if refs.shape[0] != B:
+            raise ValueError(f"references: batch {refs.shape[0]} != targets batch {B}")
+        refs = refs.clamp(0.0, 1.0)
+        if mode == "point":
+            r = None
+            abs_tol = tol * t.norm(dim=1).clamp_min(abs_floor)
+        else:
+            if radius is None:
+                raise ValueError(f"mode={mode!r} needs a radius")
+            r = torch.as_tensor(radius, dtype=torch.float64, device=mdev).reshape(-1).expand(B).clone()
+            if (r <= 0).any() or not torch.isfinite(r).all():
+                raise ValueError("radius must be finite and > 0 (use mode='point' for r = 0)")
+            abs_tol = tol * r
+        x0 = refs.clone() if init is None else init.detach().to(mdev, mdtype).clamp(0, 1).clone()
+        gen = torch.Generator().manual_seed(seed)
+        problem = _Problem(model, t, r, "point" if mode == "point" else "sphere", max_rows, gen)
+
+        solve_idx = torch.arange(B, device=mdev)
+        x = x0.clone()
+        iters = torch.zeros(B, dtype=torch.long, device=mdev)
+        stat = torch.full((B,), float("nan"), dtype=torch.float64, device=mdev)
+        if mode == "ball":
+            # a reference already inside the ball is its own (distance-0) solution
+            inside = (features_of(model, refs).double() - t).norm(dim=1) <= r
+            x[inside] = refs[inside]
+            stat[inside] = 0.0
+            solve_idx = (~inside).nonzero().squeeze(1)
+        if solve_idx.numel():
+            sub = _SubProblem(problem, solve_idx)
+            xs, xr_s, tol_s = x[solve_idx], refs[solve_idx], abs_tol[solve_idx]
+            it_s = torch.zeros(solve_idx.numel(), dtype=torch.long, device=mdev)
+            st_s = torch.full((solve_idx.numel(),), float("nan"), dtype=torch.float64, device=mdev)
+            if method in ("al", "al+sqp"):
+                n_al = al_iter if al_iter is not None else (max_iter or 30 if method == "al" else 15)
+                xs, it_s, st_s = _al(sub, xs, xr_s, tol_s, n_al, al_inner_steps, al_lr, al_mu0,
+                                     al_polish if method == "al" else 0, mu_rel)
+            if method in ("sqp", "al+sqp"):
+                xs, it2, st_s = _sqp(sub, xs, xr_s, tol_s, max_iter or 60, mu_rel, step_tol)
+                it_s = it_s + it2
+            x[solve_idx], iters[solve_idx], stat[solve_idx] = xs, it_s, st_s
+        feats, err, res = _residual_report(model, x, t, r, mode, abs_floor)
+        dist = (x.double() - refs.double()).flatten(1).norm(dim=1)
+        success = torch.isfinite(res) & (res <= tol)
+        out = InversionResult(
+            images=x.to(device), features=feats.to(device), feature_residual=res.to(device),
+            feature_error=err.to(device), distance=dist.to(device), success=success.to(device),
+            iterations=iters.to(device), stationarity=stat.to(device),
+            target_in_domain=_in_domain(model, t).to(device), mode=mode, tol=tol, method=method)
+    return out
+
+
+class _SubProblem(_Problem):
+    """A :class:`_Problem` restricted to a subset of the batch (indices are re-based)."""
+
+    def __init__(self, parent: _Problem, idx: torch.Tensor):
+        self.model, self.mode, self.m = parent.model, parent.mode, parent.m
+        self.max_rows, self.generator = parent.max_rows, parent.generator
+        self.t = parent.t[idx]
+        self.r = None if parent.r is None else parent.r[idx]
+
+
+def relative_point_residual(features: torch.Tensor, targets: torch.Tensor,
+                            abs_floor: float = 1e-6) -> torch.Tensor:
+    """(B,) float64 ``||features - targets|| / max(||targets||, abs_floor)``."""
+    f, t = features.double(), targets.double()
+    return (f - t).norm(dim=1) / t.norm(dim=1).clamp_min(abs_floor)
+
+
+__all__ = ["InversionResult", "invert_to_features", "relative_point_residual", "MODES"]
