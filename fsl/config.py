@@ -1,0 +1,49 @@
+"""Hydra/OmegaConf glue: custom resolvers and config composition for code and tests."""
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set; else ``online`` when W&B credentials exist (API key or netrc); else ``offline``."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        rc = netrc.netrc()
+        if any("wandb" in host for host in rc.hosts):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("fsl_wandb_mode"):
+        OmegaConf.register_new_resolver("fsl_wandb_mode", wandb_mode)
+
+
+def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` with Hydra overrides, outside of ``@hydra.main`` (tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def to_plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+register_resolvers()

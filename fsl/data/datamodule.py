@@ -1,0 +1,160 @@
+"""LightningDataModule over in-memory uint8 images; batches are float tensors in [0, 1], (B, C, H, W)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from fsl.data.augment import random_crop, random_hflip
+from fsl.data.sources import CLASS_NAMES, LOADERS
+
+# Per-channel statistics of each training set, for the normalisation inside the models.
+STATS = {
+    "mnist5k": ((0.1307,), (0.3081,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) + labels; indexing with a list of indices returns a whole batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index].float().div_(255.0), self.labels[index]
+
+
+def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, holdout)`` with ``holdout`` samples, class proportions preserved, seeded."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts / counts.sum() * holdout).astype(int)
+    for i in np.argsort(-(counts / counts.sum() * holdout - quota))[: holdout - quota.sum()]:
+        quota[i] += 1
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)])
+    keep = np.setdiff1d(np.arange(len(labels)), held)
+    return keep, np.sort(held)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """One data set by name: ``mnist5k``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``.
+
+    Splits: ``val_size > 0`` holds out a seeded, stratified validation set from the training data;
+    ``val_size == 0`` validates on the test split. ``mnist5k`` has no test split: its validation
+    set doubles as the test set. ``train_eval_dataloader()`` is the training set without
+    augmentation and without shuffling (for training-set features).
+    """
+
+    def __init__(self, name: str = "mnist5k", root: str = "data", batch_size: int = 128,
+                 eval_batch_size: int = 512, val_size: int = 0, seed: int = 0, num_workers: int = 0,
+                 crop_padding: int = 0, hflip: bool = False, limit_train: int | None = None,
+                 synthetic: dict | None = None):
+        super().__init__()
+        if name not in LOADERS:
+            raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(LOADERS))}")
+        self.name, self.root = name, str(root)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.val_size, self.seed, self.num_workers = int(val_size), int(seed), int(num_workers)
+        self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
+        self.limit_train = limit_train
+        self.synthetic = dict(synthetic or {})
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self.train_set = self.val_set = self.test_set = None
+        self._shape_info()
+
+    # -- static description, known without loading the data ----------------------------------
+    def _shape_info(self) -> None:
+        if self.name == "synthetic":
+            shape = tuple(self.synthetic.get("input_shape", (1, 28, 28)))
+            self.input_shape = shape
+            self.num_classes = int(self.synthetic.get("num_classes", 10))
+            self.mean, self.std = (0.5,) * shape[0], (0.25,) * shape[0]
+            self.class_names = [f"class_{i}" for i in range(self.num_classes)]
+        else:
+            self.input_shape = (3, 32, 32) if self.name == "cifar10" else (1, 28, 28)
+            self.num_classes = 10
+            self.mean, self.std = STATS[self.name]
+            self.class_names = list(CLASS_NAMES[self.name])
+
+    def model_kwargs(self) -> dict:
+        """What a model needs to know about the data: shapes, class count, normalisation."""
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    # -- loading ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        raw = LOADERS[self.name](Path(self.root), **self.synthetic)
+        x_train, y_train = raw["train"]
+        if "test" in raw and self.val_size == 0:
+            x_val, y_val = raw["test"]
+        else:
+            holdout = self.val_size or 1000
+            keep, held = stratified_split(y_train, holdout, self.seed)
+            x_val, y_val = x_train[held], y_train[held]
+            x_train, y_train = x_train[keep], y_train[keep]
+        x_test, y_test = raw.get("test", (x_val, y_val))
+        if self.limit_train:
+            keep, _ = stratified_split(y_train, len(y_train) - int(self.limit_train), self.seed)
+            x_train, y_train = x_train[keep], y_train[keep]
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        self.train_set = ImageTensorDataset(t(x_train), t(y_train))
+        self.val_set = ImageTensorDataset(t(x_val), t(y_val))
+        self.test_set = ImageTensorDataset(t(x_test), t(y_test))
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = RandomSampler(dataset, generator=self._generator) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.eval_batch_size, shuffle=False)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding, self._generator)
+        if self.hflip:
+            x = random_hflip(x, 0.5, self._generator)
+        return x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and (self.crop_padding or self.hflip):
+            x, y = batch
+            batch = (self.augment(x), y)
+        return batch
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images of a split as float (N, C, H, W) in [0, 1] and labels (N,)."""
+        self.setup()
+        ds = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        return ds[torch.arange(len(ds))]
+
+
+def create_datamodule(name: str, **kwargs) -> ImageDataModule:
+    """Build the data module of a data set by name (see :class:`ImageDataModule`)."""
+    return ImageDataModule(name=name, **kwargs)

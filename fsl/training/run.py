@@ -1,0 +1,117 @@
+"""``train(cfg)``: everything ``train.py`` does, as one function that tests call directly."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fsl.config import to_plain
+from fsl.training.checkpoint import read_checkpoint
+from fsl.training.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    output_dir: str
+    wandb_dir: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _without_target(cfg) -> dict:
+    d = to_plain(cfg) if cfg is not None else {}
+    d.pop("_target_", None)
+    return d
+
+
+def build_datamodule(cfg: DictConfig):
+    return instantiate(cfg.data)
+
+
+def build_module(cfg: DictConfig, datamodule) -> ClassifierModule:
+    model_spec = {**datamodule.model_kwargs(), **_without_target(cfg.model)}
+    return ClassifierModule(model=model_spec, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
+                            data=_without_target(cfg.data))
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[pl.Callback]:
+    out = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is None:
+            continue
+        if "_target_" not in spec:
+            raise ValueError(f"callbacks.{name} has no _target_; every entry under callbacks: must name a class")
+        if not has_logger and spec._target_.endswith("LearningRateMonitor"):
+            continue  # it refuses to run without a logger
+        out.append(instantiate(spec))
+    return out
+
+
+def build_loggers(cfg: DictConfig, resume_run_id: str | None = None) -> list:
+    loggers = []
+    for name, spec in (cfg.get("logger") or {}).items():
+        if spec is None:
+            continue
+        if "_target_" not in spec:
+            raise ValueError(f"logger.{name} has no _target_; pick logger=wandb, logger=csv or logger=none")
+        extra = {}
+        if resume_run_id and spec._target_.endswith("WandbLogger"):
+            extra = {"id": resume_run_id, "resume": "allow"}
+        if spec._target_.endswith("WandbLogger"):
+            Path(spec.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(spec, **extra))
+    return loggers
+
+
+def finish_wandb(logger) -> None:
+    """Finish the run and flush its files. wandb-core completes the .wandb file only when its
+    service shuts down, so code that reads the run back in the same process needs the teardown."""
+    import wandb
+
+    logger.experiment.finish()
+    wandb.teardown()
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Fit (optionally resuming from ``cfg.ckpt_path``), then test the best checkpoint."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    resume_id = None
+    if cfg.get("ckpt_path"):
+        from callbacks.wandb_resume import CHECKPOINT_KEY
+
+        resume_id = read_checkpoint(cfg.ckpt_path).get(CHECKPOINT_KEY)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    loggers = build_loggers(cfg, resume_id)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt_cbs = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)]
+    monitored = [cb for cb in ckpt_cbs if cb.monitor]
+    best = (monitored[0].best_model_path if monitored else None) or None
+    last = next((cb.last_model_path or cb.best_model_path for cb in ckpt_cbs if cb.filename == "last"), None) or None
+    if cfg.get("test_after_fit"):
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best if best else None, verbose=False)
+        for row in test_metrics:
+            metrics.update({k: float(v) for k, v in row.items()})
+    wandb_dir = None
+    for logger in loggers:
+        if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger" and trainer.is_global_zero:
+            wandb_dir = str(Path(logger.experiment.dir).parent)
+    for logger in loggers:
+        if logger.__class__.__name__ == "WandbLogger" and trainer.is_global_zero:
+            finish_wandb(logger)
+    return TrainResult(metrics=metrics, best_checkpoint=best, last_checkpoint=last,
+                       output_dir=str(cfg.paths.output_dir), wandb_dir=wandb_dir)
