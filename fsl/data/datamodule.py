@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from fsl.data.augment import random_crop, random_hflip
 from fsl.data.sources import CLASS_NAMES, LOADERS
@@ -36,6 +36,15 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, index):
         return self.images[index].float().div_(255.0), self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        # DataLoader fetches a whole batch with one indexing op; see ``collate_batch``.
+        return self[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def collate_batch(batch):
+    """The dataset already returns ``(images, labels)`` batches: nothing to collate."""
+    return batch
 
 
 def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +127,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_set = ImageTensorDataset(t(x_test), t(y_test))
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = RandomSampler(dataset, generator=self._generator) if shuffle else SequentialSampler(dataset)
-        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+        # A plain (batch_size, shuffle) loader, so that Lightning can swap in a DistributedSampler.
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          generator=self._generator if shuffle else None, collate_fn=collate_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
