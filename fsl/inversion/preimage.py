@@ -30,8 +30,9 @@ class NullSpace:
         rank: (B,) numerical rank, ``sigma_i > tol_b``.
         tol: (B,) ``sigma_1 * max(f, p) * eps(model dtype)`` unless an rtol was given.
         basis: (B, p, p - min rank) orthonormal null-space basis (float64) if requested
-            (``V[:, r:]`` of the full SVD), else None. Per sample only the first ``p - rank_b``
-            columns are the null space; with equal ranks (the usual case) all columns are.
+            (``V[:, r:]`` of the full SVD, ``r`` = the batch's minimum rank), else None. Per sample
+            the LAST ``p - rank_b`` columns are the null space; the first ``rank_b - r`` are
+            singular vectors above the cut. With equal ranks (the usual case) all columns are.
     """
 
     jacobian: torch.Tensor

@@ -1,0 +1,257 @@
+"""Figures of the pixel-space studies (DESIGN C; seed 000 Figures 3, 5, 7-9, 12; seed 001 Figures
+1-3; seed 002 Figure 2). Matplotlib with the Agg backend; every function returns a Figure and
+saves a PNG when ``path`` is given. Images are (N, C, H, W) tensors or arrays with 1 or 3
+channels (values shown in [0, 1] unless ``symmetric`` asks for a signed colour map).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _np(images) -> np.ndarray:
+    if isinstance(images, torch.Tensor):
+        images = images.detach().to("cpu", torch.float64).numpy()
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim == 2:  # one (H, W) image
+        a = a[None, None]
+    elif a.ndim == 3:  # (N, H, W) grey or one (C, H, W)
+        a = a[None] if a.shape[0] in (1, 3) and a.shape[0] != a.shape[1] else a[:, None]
+    if a.ndim != 4 or a.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C in (1, 3), got {a.shape}")
+    return a
+
+
+def _show(ax, img: np.ndarray, symmetric: bool = False, vrange=None):
+    """Show one (C, H, W) image on ``ax``."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if img.shape[0] == 1:
+        if symmetric:
+            v = vrange or (float(np.abs(img).max()) or 1.0)
+            ax.imshow(img[0], cmap="RdBu_r", vmin=-v, vmax=v)
+        else:
+            ax.imshow(np.clip(img[0], 0, 1), cmap="gray", vmin=0, vmax=1)
+    else:
+        rgb = np.transpose(img, (1, 2, 0))
+        if symmetric:
+            v = vrange or (float(np.abs(rgb).max()) or 1.0)
+            rgb = 0.5 + 0.5 * rgb / v
+        ax.imshow(np.clip(rgb, 0, 1))
+
+
+def _save(fig, path):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def image_grid(images, titles: Sequence[str] | None = None, ncols: int | None = None,
+               symmetric: bool = False, suptitle: str | None = None, path=None, scale: float = 1.4):
+    """Grid of images (N, C, H, W); ``symmetric`` for signed images (differences, residuals)."""
+    a = _np(images)
+    n = a.shape[0]
+    ncols = ncols or min(n, 10)
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show(ax, a[i], symmetric)
+            if titles is not None and i < len(titles):
+                ax.set_title(str(titles[i]), fontsize=7)
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_rows(rows: Sequence, row_labels: Sequence[str] | None = None, col_titles=None,
+               symmetric_rows: Sequence[bool] | None = None, suptitle: str | None = None, path=None,
+               scale: float = 1.4):
+    """Rows of images, each row (N_i, C, H, W); used for the preimage grid (seed 002 Fig. 2),
+    flip-point / hull / perimeter figures (reference, inversion, difference) and seed 001 Fig. 1."""
+    arrs = [_np(r) for r in rows]
+    ncols = max(a.shape[0] for a in arrs)
+    fig, axes = plt.subplots(len(arrs), ncols, figsize=(scale * ncols, scale * len(arrs)), squeeze=False)
+    for ri, a in enumerate(arrs):
+        sym = bool(symmetric_rows[ri]) if symmetric_rows is not None else False
+        for ci in range(ncols):
+            ax = axes[ri, ci]
+            if ci < a.shape[0]:
+                _show(ax, a[ci], sym)
+                if ri == 0 and col_titles is not None and ci < len(col_titles):
+                    ax.set_title(str(col_titles[ci]), fontsize=7)
+                if col_titles is not None and ri > 0 and isinstance(col_titles, dict):
+                    pass
+            else:
+                ax.axis("off")
+        if row_labels is not None and ri < len(row_labels):
+            axes[ri, 0].set_ylabel(str(row_labels[ri]), fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def inversion_figure(references, inversions, result=None, targets_label: str = "target",
+                     path=None, max_items: int = 8):
+    """Reference / inversion / |difference| columns for flip-point (Fig. 3), hull-projection (Fig. 5)
+    or perimeter (Fig. 7) images; titles carry residual, distance and success when ``result``
+    (an InversionResult) is given."""
+    r = _np(references)[:max_items]
+    x = _np(inversions)[:max_items]
+    titles = None
+    if result is not None:
+        res = result.feature_residual.detach().cpu().numpy()
+        dist = result.distance.detach().cpu().numpy()
+        ok = result.success.detach().cpu().numpy()
+        titles = [f"res {res[i]:.1e} d {dist[i]:.2f}{'' if ok[i] else ' MISS'}" for i in range(len(x))]
+    fig, axes = plt.subplots(3, len(x), figsize=(1.6 * len(x), 5.0), squeeze=False)
+    for i in range(len(x)):
+        _show(axes[0, i], r[i])
+        _show(axes[1, i], x[i])
+        _show(axes[2, i], x[i] - r[i], symmetric=True)
+        if titles:
+            axes[1, i].set_title(titles[i], fontsize=6)
+    axes[0, 0].set_ylabel("reference", fontsize=7)
+    axes[1, 0].set_ylabel(f"x -> {targets_label}", fontsize=7)
+    axes[2, 0].set_ylabel("x - reference", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def morph_strip(morph_result, path=None):
+    """Morphing strip (paper Figure 8): images labelled with their radius and distance reached."""
+    m = morph_result
+    titles = [f"r={float(r):.2f}\n{float(d):.2f}{'' if bool(s) else ' MISS'}"
+              for r, d, s in zip(m.radii, m.feature_distance, m.success)]
+    return image_grid(m.images, titles, ncols=len(titles), path=path,
+                      suptitle="morphing a -> b: radius around N(b) / distance reached")
+
+
+def path_plot(paths: dict, a, b, path=None, labels=("a", "b"), title: str | None = None):
+    """Feature-space paths drawn with the two-point equidistant projection (Figures 9, 12).
+
+    Args:
+        paths: {name: (T, f) feature points}; a, b: (f,) anchors.
+    """
+    from fsl.inversion.paths import two_point_equidistant
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    P_ab = two_point_equidistant(torch.stack([torch.as_tensor(a), torch.as_tensor(b)]).double(),
+                                 torch.as_tensor(a), torch.as_tensor(b)).numpy()
+    ax.plot(P_ab[:, 0], P_ab[:, 1], "k--", lw=1, label="direct line")
+    for name, pts in paths.items():
+        P = two_point_equidistant(torch.as_tensor(pts), torch.as_tensor(a), torch.as_tensor(b)).numpy()
+        ax.plot(P[:, 0], P[:, 1], "-o", ms=2.5, lw=1.2, label=name)
+    ax.scatter(P_ab[:, 0], P_ab[:, 1], c="k", zorder=5)
+    ax.annotate(labels[0], P_ab[0], textcoords="offset points", xytext=(-8, 6))
+    ax.annotate(labels[1], P_ab[1], textcoords="offset points", xytext=(4, 6))
+    ax.set_xlabel("along a -> b (distances to a and b exact)")
+    ax.set_ylabel("off the line")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def preimage_grid(walk, sample_index: int = 0, every: int = 1, path=None, n_samples: int | None = None):
+    """Seed 002 Figure 2: one row per starting image, the level-set walk along the row.
+
+    Args:
+        walk: a LevelSetWalk (images (T + 1, B, C, H, W)).
+    """
+    imgs = walk.images[::every]
+    B = imgs.shape[1]
+    rows = [imgs[:, b] for b in range(B if n_samples is None else min(B, n_samples))]
+    res = walk.residual[::every]
+    col_titles = [f"|dx|={float(d):.2f}" for d in walk.distance[::every, sample_index]]
+    labels = [f"max res {float(res[:, b].max()):.1e}" for b in range(len(rows))]
+    return image_rows(rows, labels, col_titles, suptitle="inputs with the same feature vector", path=path)
+
+
+def signal_figure(signal_images, class_residuals=None, path=None, max_items: int = 10):
+    """Seed 001 Figures 1-2: weights (top), signal images sigma_i v_i (middle), class residual
+    images (bottom, when given)."""
+    si = signal_images
+    k = min(max_items, si.images.shape[0])
+    rows = [si.weights[:k], si.images[:k]]
+    labels = ["weights", f"sigma_i v_i (cond {si.condition:.2f})"]
+    sym = [True, True]
+    if class_residuals is not None:
+        rows.append(class_residuals.residual_images[:k])
+        labels.append("class residuals")
+        sym.append(True)
+    titles = [f"s={float(s):.2f}" for s in si.singular_values[:k]]
+    return image_rows(rows, labels, titles, sym, suptitle=f"signal spaces of {si.layer}", path=path)
+
+
+def selu_inversion_figure(true_images, inversion, path=None, max_items: int = 8):
+    """True image, its row-space component and the layer-wise SELU reconstruction."""
+    n = min(max_items, true_images.shape[0])
+    shape = true_images.shape[1:]
+    rows = [true_images[:n]]
+    labels = ["input"]
+    if inversion.images is not None:
+        rows.append(inversion.images[:n].reshape(n, *shape))
+        labels.append("SELU inversion")
+    if inversion.row_component is not None:
+        rows.append(inversion.row_component[:n].reshape(n, *shape))
+        labels.append("row-space part (normalised)")
+    sym = [False, False, True][: len(rows)]
+    titles = None
+    if inversion.image_error is not None:
+        titles = [f"err {float(e):.1e}" for e in inversion.image_error[:n]]
+    return image_rows(rows, labels, titles, sym, path=path)
+
+
+def ideal_inputs_figure(ideal, path=None):
+    """Seed 001 Figure 3: per class, each init before and after refinement, with distances."""
+    from fsl.spaces.ideal import INITS
+
+    rows, labels = [], []
+    for k in INITS:
+        rows += [ideal.initial[k], ideal.refined[k]]
+        labels += [f"{k}", f"{k} refined"]
+    n = ideal.ideal.shape[0]
+    titles = [f"class {c}" for c in range(n)]
+    fig = image_rows(rows, labels, titles, path=None, suptitle="ideal-output inputs (distance before -> after)")
+    for ri, k in enumerate(INITS):
+        for c in range(n):
+            ax = fig.axes[(2 * ri + 1) * n + c]
+            ax.set_xlabel(f"{float(ideal.distance_before[k][c]):.1f}->{float(ideal.distance_after[k][c]):.1f}",
+                          fontsize=6)
+    return _save(fig, path)
+
+
+def step_response_figure(response, path=None):
+    """Log-log plot of the output change along null-space and random directions (seed 002)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    h = response.steps.numpy()
+    ax.loglog(h, response.actual.median(dim=1).values.mean(0).cpu().numpy(), "o-",
+              label=f"null space (slope {float(response.slope.median()):.2f})")
+    ax.loglog(h, response.random_actual.median(dim=1).values.mean(0).cpu().numpy(), "s-",
+              label=f"random (slope {float(response.random_slope.median()):.2f})")
+    ax.set_xlabel("step ||dx||")
+    ax.set_ylabel("||N(x0+dx) - N(x0)||")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ = ["image_grid", "image_rows", "inversion_figure", "morph_strip", "path_plot", "preimage_grid",
+           "signal_figure", "selu_inversion_figure", "ideal_inputs_figure", "step_response_figure"]
