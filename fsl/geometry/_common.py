@@ -1,0 +1,24 @@
+"""Small helpers shared by the geometry solvers (pure torch, device-agnostic)."""
+from __future__ import annotations
+
+import torch
+
+
+def as_box(lower, upper, f: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(lo, hi)`` as ``(f,)`` tensors; ``None`` becomes ``-inf`` / ``+inf``."""
+
+    def conv(v, fill):
+        if v is None:
+            return torch.full((f,), fill, dtype=dtype, device=device)
+        t = torch.as_tensor(v, dtype=dtype, device=device)
+        if t.ndim == 0:
+            t = t.expand(f)
+        if t.shape != (f,):
+            raise ValueError(f"bound must be a scalar or a ({f},) tensor, got shape {tuple(t.shape)}")
+        return t.clone()
+
+    lo = conv(lower, float("-inf"))
+    hi = conv(upper, float("inf"))
+    if bool((lo > hi).any()):
+        raise ValueError("lower bound exceeds upper bound")
+    return lo, hi

@@ -1,0 +1,448 @@
+"""Exact, batched, certified flip points and margins in feature space (DESIGN A1).
+
+For a feature ``x`` with predicted class ``i`` and each ``j != i`` we solve
+
+    minimize   ||y - x||^2
+    subject to (w_i - w_j)·y + (b_i - b_j)  = 0
+               (w_i - w_k)·y + (b_i - b_k) >= 0      k not in {i, j}
+               lower <= y <= upper
+
+for all (sample, class) pairs at once.  Write ``A`` for the rows ``a_k = w_i - w_k`` and
+``r(y) = A y + c`` (``r_k = z_i(y) - z_k(y)``, the logit gaps).  Keeping the box in the inner
+minimisation, the Lagrange dual is
+
+    maximize g(mu) = 1/2 ||y(mu) - x||^2 - mu·r(y(mu)),   y(mu) = clip(x + A^T mu, lower, upper)
+    subject to mu_k >= 0 (k != j), mu_j free,
+
+a concave piecewise-quadratic problem in ``n - 1`` variables whose gradient is ``-r(y(mu))``.
+
+Stages (all batched, no per-sample Python loops):
+
+1. *Relaxation* ``|r_j(x)| / ||a_j||`` (distance to the unbounded hyperplane): a lower bound,
+   returned as ``lower_bound``; it is never returned as the answer.
+2. *One-constraint stage*: the exact solution with only the equality row and the box, a
+   monotone 1-D Newton iteration on the piecewise-linear ``t -> a_j·clip(x - t a_j) + c_j``
+   (its first step is the closed-form hyperplane projection when no bound is active at ``x``).
+   When that point satisfies every other inequality it is the exact answer (KKT holds with
+   ``mu_k = 0``), which is the common case.
+3. *Semismooth Newton / primal-dual active set* on the small dual for the remaining pairs, with
+   generalized Hessian ``A P A^T`` (``P`` = coordinates strictly inside the box), all pairs one
+   batch of ``n x n`` systems.  A diverging dual (primal infeasible) is detected by verifying a
+   Farkas certificate on ``d = mu / ||mu||``.
+
+Certificates (``certified``):
+
+* feasible pair: ``y`` lies in the box by construction, ``|r_j(y)| <= feas_tol * scale``,
+  ``r_k(y) >= -feas_tol * scale``, ``mu`` is dual feasible, and the duality gap, i.e. the difference
+  between ``||y - x||`` and the weak-duality lower bound ``sqrt(2 g(mu))``, is at most
+  ``gap_tol * (1 + ||y - x||)``;
+* infeasible pair (distance ``+inf``): ``d`` with ``d_k >= 0`` (k != j) such that
+  ``sup_{lower <= y <= upper} d·(A y + c) < 0``: every ``y`` in the box has ``d·r(y) < 0`` while a
+  feasible ``y`` would have ``d·r(y) = sum_k d_k r_k >= 0``.  The supremum needs
+  ``(A^T d)_f <= 0`` where ``upper_f = inf`` and ``>= 0`` where ``lower_f = -inf``; entries of
+  ``A^T d`` below ``1e-12 * ||A|| ||d||`` in magnitude are treated as zero (floating point cannot
+  produce an exact zero).
+
+Pairs that pass neither test after ``max_iter`` iterations have ``certified = False``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ._common import as_box
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class FlipResult:
+    """Output of :func:`flip_margins`; tensors live on the input's device.
+
+    Attributes:
+        distances: ``(B, n)`` float64; NaN at the predicted class, ``+inf`` where the ``pred|j``
+            boundary does not exist inside the domain.
+        margin: ``(B,)`` ``min_j distances`` (``+inf`` if no boundary exists at all).
+        closest: ``(B,)`` int64 class attaining the margin (``-1`` if the margin is ``+inf``).
+        pred: ``(B,)`` int64 predicted class (first argmax of the logits).
+        certified: ``(B, n)`` bool; True at the predicted class.  False flags an answer that could
+            not be verified (never silently returned as right).
+        lower_bound: ``(B, n)`` the hyperplane relaxation ``r_j(x)/||w_i - w_j||`` (NaN at pred).
+        points: ``(B, n, f)`` flip points when requested, NaN rows where undefined.
+        multipliers: ``(B, n, n)`` dual multipliers ``mu`` (indexed by constraint class ``k``)
+            when ``return_points`` is set, else None.
+        stats: counts per stage (``pairs``, ``one_constraint``, ``newton``, ``infeasible``,
+            ``uncertified``, ``newton_iterations``).
+    """
+
+    distances: Tensor
+    margin: Tensor
+    closest: Tensor
+    pred: Tensor
+    certified: Tensor
+    lower_bound: Tensor
+    points: Tensor | None = None
+    multipliers: Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def all_certified(self) -> bool:
+        return bool(self.certified.all())
+
+
+def _residuals(y: Tensor, W: Tensor, b: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
+    """``r_k = z_i - z_k`` at ``y`` (M, n) and a per-pair scale for tolerances (M,)."""
+    z = torch.addmm(b, y, W.T)
+    zi = z.gather(1, pi[:, None])
+    return zi - z, 1.0 + z.abs().amax(1)
+
+
+def _farkas(d: Tensor, pi: Tensor, W: Tensor, cfull: Tensor, lo: Tensor, hi: Tensor,
+            Wnorm: float, tol: float) -> Tensor:
+    """Verify the infeasibility certificate ``d`` (M, n); returns (M,) bool."""
+    dn = d.abs().amax(1, keepdim=True).clamp_min(1e-300)
+    d = d / dn
+    nu = -d
+    nu.scatter_add_(1, pi[:, None], d.sum(1, keepdim=True))
+    v = nu @ W  # A^T d, (M, f)
+    vt = 1e-12 * Wnorm * d.abs().sum(1, keepdim=True)
+    pos = v > vt
+    neg = v < -vt
+    hi_b = hi.expand_as(v)
+    lo_b = lo.expand_as(v)
+    bad = (pos & torch.isinf(hi_b)) | (neg & torch.isinf(lo_b))
+    zero = torch.zeros((), dtype=v.dtype, device=v.device)
+    contrib = torch.where(pos, v * torch.where(torch.isinf(hi_b), zero, hi_b), zero)
+    contrib = contrib + torch.where(neg, v * torch.where(torch.isinf(lo_b), zero, lo_b), zero)
+    # tiny entries: add their worst case over finite bounds (|v| * max(|lo|, |hi|))
+    small = ~(pos | neg)
+    m = torch.maximum(torch.where(torch.isinf(lo_b), zero, lo_b.abs()),
+                      torch.where(torch.isinf(hi_b), zero, hi_b.abs()))
+    contrib = contrib + torch.where(small, v.abs() * m, zero)
+    sigma = contrib.sum(1) + (d * cfull).sum(1)
+    scale = 1.0 + (d.abs() * cfull.abs()).sum(1)
+    return (~bad.any(1)) & (sigma < -tol * scale)
+
+
+def _one_constraint(x: Tensor, a: Tensor, c: Tensor, lo: Tensor, hi: Tensor, max_iter: int) -> Tensor:
+    """Exact ``t >= 0`` with ``a·clip(x - t a) + c = 0`` by monotone Newton (M,); NaN if none."""
+    M = x.shape[0]
+    t = torch.zeros(M, dtype=x.dtype, device=x.device)
+    h0 = (torch.clamp(x, lo, hi) * a).sum(1) + c
+    todo = torch.nonzero(h0 > 0).squeeze(1)
+    for _ in range(max_iter):
+        if todo.numel() == 0:
+            break
+        xs, as_, ts = x[todo], a[todo], t[todo]
+        z = torch.addcmul(xs, ts[:, None], as_, value=-1.0)
+        y = torch.clamp(z, lo, hi)
+        h = (y * as_).sum(1) + c[todo]
+        moving = ((z > lo) | (as_ < 0)) & ((z < hi) | (as_ > 0))
+        s = (as_ * as_ * moving).sum(1)
+        scale = 1e-14 * (1.0 + (y * as_).abs().sum(1) + c[todo].abs())
+        stuck = (s <= 0) & (h > scale)
+        t[todo[stuck]] = float("nan")
+        step = torch.where(s > 0, h / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        go = (h > scale) & (s > 0) & (step > 0)
+        t[todo[go]] = ts[go] + step[go]
+        todo = todo[go]
+    return t
+
+
+def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
+    """Projected semismooth Newton (primal-dual active set) on the dual for pairs (M,)."""
+    M, f = x.shape
+    n = W.shape[0]
+    dt = x.dtype
+    dev = x.device
+    ar = torch.arange(n, device=dev)
+    cfull = b[pi][:, None] - b[None, :]
+    eqm = ar[None, :] == pj[:, None]
+    ineq = (ar[None, :] != pj[:, None]) & (ar[None, :] != pi[:, None])
+    # PDAS scaling: mu has units of r / ||a||^2
+    an2 = ((W[pi][:, None, :] - W[None, :, :]) ** 2).sum(2)
+    cs = 1.0 / an2.clamp_min(1e-300)
+    eye = torch.eye(n, dtype=dt, device=dev)
+
+    out_y = torch.full((M, f), float("nan"), dtype=dt, device=dev)
+    out_d = torch.full((M,), float("nan"), dtype=dt, device=dev)
+    out_cert = torch.zeros(M, dtype=torch.bool, device=dev)
+    out_inf = torch.zeros(M, dtype=torch.bool, device=dev)
+    out_mu = mu.clone()
+    live = torch.arange(M, device=dev)
+    iters = 0
+    step = None
+    for it in range(opts["max_iter"] + 1):
+        if live.numel() == 0:
+            break
+        iters = it
+        m_ = mu
+        pi_l, x_l = pi[live], x[live]
+        nu = -m_
+        nu.scatter_add_(1, pi_l[:, None], m_.sum(1, keepdim=True))
+        z = torch.addmm(x_l, nu, W)
+        y = torch.clamp(z, lo, hi)
+        r, scale = _residuals(y, W, b, pi_l)
+        eq_l, in_l = eqm[live], ineq[live]
+        feas = torch.where(eq_l, r.abs(), torch.where(in_l, (-r).clamp_min(0), torch.zeros_like(r))).amax(1)
+        d2 = ((y - x_l) ** 2).sum(1)
+        comp = 2.0 * (m_ * r).sum(1)  # = d_ub^2 - d_lb^2
+        dub = d2.sqrt()
+        dlb = (d2 - comp).clamp_min(0).sqrt()
+        ok = (feas <= opts["feas_tol"] * scale) & ((dub - dlb).abs() <= opts["gap_tol"] * (1.0 + dub))
+        inf_ok = torch.zeros_like(ok)
+        big = m_.abs().amax(1) > 0
+        if bool(big.any()):
+            cand = torch.nonzero(~ok & big).squeeze(1)
+            if cand.numel():
+                cf_c = cfull[live][cand]
+                inf_ok[cand] = _farkas(m_[cand], pi_l[cand], W, cf_c, lo, hi, Wnorm, opts["farkas_tol"])
+                if step is not None:  # the last step also points along a diverging dual
+                    st = torch.where(ineq[live][cand], step[cand].clamp_min(0), step[cand])
+                    inf_ok[cand] |= _farkas(st, pi_l[cand], W, cf_c, lo, hi, Wnorm, opts["farkas_tol"])
+        fin = ok | inf_ok
+        last = it == opts["max_iter"]
+        if bool(fin.any()) or last:
+            idx = live[fin] if not last else live
+            sel = fin if not last else torch.ones_like(fin)
+            out_y[idx] = y[sel]
+            out_d[idx] = torch.where(inf_ok[sel], torch.full_like(dub[sel], float("inf")), dub[sel])
+            out_cert[idx] = fin[sel]
+            out_inf[idx] = inf_ok[sel]
+            out_mu[idx] = m_[sel]
+            if last:
+                # uncertified: report the infeasible guess when the dual blew up
+                blown = m_.abs().amax(1) * an2[live].amax(1).sqrt() > 1e6 * (1.0 + scale)
+                out_d[live[blown]] = float("inf")
+                break
+        keep = ~fin
+        live = live[keep]
+        mu, z, r = m_[keep], z[keep], r[keep]
+        step = step[keep] if step is not None else None
+        pi_l, eq_l, in_l = pi_l[keep], eq_l[keep], in_l[keep]
+        Ml = live.numel()
+        if Ml == 0:
+            break
+        x_l = x[live]
+        cs_l = cs[live]
+        # Bertsekas' projected Newton: inequalities at (near) zero with r_k > 0 are held fixed
+        # (scaled gradient step), the rest get a Newton step on the generalized Hessian A P A^T.
+        pg = torch.where(in_l, mu - (mu - cs_l * r).clamp_min(0), cs_l * r)
+        pg = torch.where(ar[None, :] == pi_l[:, None], torch.zeros_like(pg), pg)
+        w = pg.abs().amax(1, keepdim=True)
+        eps = torch.minimum(w, 1e-3 * (1.0 + mu.abs().amax(1, keepdim=True)))
+        fixed = in_l & (mu <= eps) & (r > 0)
+        act = ~fixed & (ar[None, :] != pi_l[:, None])
+        p = ((z > lo) & (z < hi)).to(dt)
+        G = (p @ O).view(Ml, n, n)
+        Gi = G.gather(1, pi_l[:, None, None].expand(Ml, 1, n)).squeeze(1)  # (Ml, n)
+        Gii = Gi.gather(1, pi_l[:, None])
+        H = G - Gi[:, :, None] - Gi[:, None, :] + Gii[:, :, None]
+        actf = act.to(dt)
+        na = 1.0 - actf
+        wrel = (w / (1.0 + mu.abs().amax(1, keepdim=True))).clamp(1e-12, 1e-4)
+        Hs = H * (actf[:, :, None] * actf[:, None, :]) + torch.diag_embed(na + actf * an2[live] * wrel)
+        dN = torch.linalg.solve(Hs, (-r * actf)[:, :, None]).squeeze(2)
+        dirn = torch.where(act, dN, torch.where(fixed, -cs_l * r, torch.zeros_like(r)))
+        # Armijo backtracking along the projection arc, all step sizes evaluated in one batch;
+        # Newton candidates first, then scaled projected-gradient candidates as a fallback.
+        K = opts["ls_steps"]
+        alphas = 0.5 ** torch.arange(K, dtype=dt, device=dev)
+        gdir = -cs_l * r / (n - 1)
+        cand = torch.cat([mu[:, None, :] + alphas[None, :, None] * dirn[:, None, :],
+                          mu[:, None, :] + alphas[None, :, None] * gdir[:, None, :]], 1)
+        cand = torch.where(in_l[:, None, :], cand.clamp_min(0), cand)
+        K2 = 2 * K
+        cf = cand.reshape(Ml * K2, n)
+        pik = pi_l.repeat_interleave(K2)
+        nuc = -cf
+        nuc.scatter_add_(1, pik[:, None], cf.sum(1, keepdim=True))
+        xk = x_l.repeat_interleave(K2, 0)
+        yk = torch.clamp(torch.addmm(xk, nuc, W), lo, hi)
+        rk, _ = _residuals(yk, W, b, pik)
+        phik = ((cf * rk).sum(1) - 0.5 * ((yk - xk) ** 2).sum(1)).view(Ml, K2)
+        phi0 = (mu * r).sum(1) - 0.5 * ((y[keep] - x_l) ** 2).sum(1)
+        dec = ((mu[:, None, :] - cand) * r[:, None, :]).sum(2)  # first-order predicted decrease
+        okls = (phik <= phi0[:, None] - 1e-4 * dec + 1e-14 * (1.0 + phi0.abs()[:, None])) & (dec > 0)
+        anyok = okls.any(1)
+        first = okls.to(torch.int8).argmax(1)
+        newmu = cand[torch.arange(Ml, device=dev), first]
+        step = torch.where(anyok[:, None], newmu - mu, torch.zeros_like(mu))
+        mu = torch.where(anyok[:, None], newmu, mu)
+        mu = torch.where(ar[None, :] == pi_l[:, None], torch.zeros_like(mu), mu)
+    return out_y, out_d, out_cert, out_inf, out_mu, iters
+
+
+def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upper=None,
+                 return_points: bool = False, dtype: torch.dtype = torch.float64,
+                 chunk_size: int = 256, max_iter: int = 100, feas_tol: float = 1e-11,
+                 gap_tol: float = 1e-9, farkas_tol: float = 1e-12, ls_steps: int = 16,
+                 newton_chunk: int = 65536) -> FlipResult:
+    """Exact distances from each feature to every decision boundary of its predicted class.
+
+    Args:
+        features: ``(B, f)`` feature vectors (any float dtype / device).
+        weight: ``(n, f)`` head weight; ``bias``: ``(n,)``.
+        lower, upper: feature domain, scalars or ``(f,)`` tensors, ``None`` = unbounded.
+        return_points: also return the flip points ``(B, n, f)`` and the multipliers.
+        dtype: computation dtype (float64 default).
+        chunk_size: samples per batch (bounds memory; all pairs of a chunk are one batch).
+        max_iter: Newton iterations for the pairs not solved by the one-constraint stage.
+        feas_tol: primal feasibility tolerance, relative to ``1 + max_k |z_k(y)|``.
+        gap_tol: duality-gap tolerance on the distance, relative to ``1 + distance``.
+        farkas_tol: the Farkas certificate needs ``sup d·r < -farkas_tol * (1 + sum |d_k c_k|)``.
+    """
+    dev = features.device
+    X = features.detach().to(dtype)
+    W = weight.detach().to(device=dev, dtype=dtype)
+    b = bias.detach().to(device=dev, dtype=dtype)
+    if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[1] or b.shape != (W.shape[0],):
+        raise ValueError("expected features (B, f), weight (n, f), bias (n,)")
+    B, f = X.shape
+    n = W.shape[0]
+    lo, hi = as_box(lower, upper, f, dtype, dev)
+    O = (W.T[:, :, None] * W.T[:, None, :]).reshape(f, n * n)
+    Wnorm = float(W.abs().max()) if W.numel() else 1.0
+    opts = dict(ls_steps=ls_steps, max_iter=max_iter, feas_tol=feas_tol, gap_tol=gap_tol, farkas_tol=farkas_tol)
+
+    dist = torch.full((B, n), float("nan"), dtype=dtype, device=dev)
+    lowb = torch.full((B, n), float("nan"), dtype=dtype, device=dev)
+    cert = torch.ones((B, n), dtype=torch.bool, device=dev)
+    pred = torch.empty(B, dtype=torch.long, device=dev)
+    pts = torch.full((B, n, f), float("nan"), dtype=dtype, device=dev) if return_points else None
+    mus = torch.zeros((B, n, n), dtype=dtype, device=dev) if return_points else None
+    stats = dict(pairs=0, one_constraint=0, newton=0, infeasible=0, uncertified=0, newton_iterations=0)
+    ar = torch.arange(n, device=dev)
+
+    hard = []  # pairs the one-constraint stage did not certify: (sample, j, i, -t)
+    has_lo = bool(torch.isfinite(lo).any())
+    has_hi = bool(torch.isfinite(hi).any())
+    for s0 in range(0, B, chunk_size):
+        Xc = X[s0:s0 + chunk_size]
+        Bc = Xc.shape[0]
+        logits = torch.addmm(b, Xc, W.T)
+        pc = logits.argmax(1)
+        pred[s0:s0 + Bc] = pc
+        isp = ar[None, :] == pc[:, None]  # (Bc, n) the predicted class itself
+        x = Xc[:, None, :]
+        a = W[pc][:, None, :] - W[None, :, :]  # (Bc, n, f): row a_j = w_i - w_j
+        a2 = a * a
+        an2 = a2.sum(-1)
+        c = b[pc][:, None] - b[None, :]
+        h = (a * x).sum(-1) + c  # r_j(x) >= 0
+        an = an2.sqrt()
+        lb = torch.where(an > 0, h.clamp_min(0) / torch.where(an > 0, an, torch.ones_like(an)),
+                         torch.where(h > 0, torch.full_like(h, float("inf")), torch.zeros_like(h)))
+        lb = torch.where(isp, torch.full_like(lb, float("nan")), lb)
+        # stage 2: equality row + box, exact by monotone Newton on t.  The first step is the
+        # closed-form hyperplane projection restricted to the coordinates that can move at x.
+        tolh = 1e-13 * (1.0 + c.abs() + an * Xc.norm(dim=1)[:, None])
+        go = (h > tolh) & ~isp
+        if has_lo or has_hi:
+            mov0 = torch.ones_like(a, dtype=torch.bool)
+            if has_lo:
+                mov0 &= (x > lo) | (a < 0)
+            if has_hi:
+                mov0 &= (x < hi) | (a > 0)
+            sl0 = (a2 * mov0).sum(-1)
+            del mov0
+        else:
+            sl0 = an2
+        bad = go & (sl0 <= 0)
+        go &= ~bad
+        t = torch.where(go, h / torch.where(sl0 > 0, sl0, torch.ones_like(sl0)), torch.zeros_like(h))
+
+        def evaluate(xx, aa, a2a, tt):
+            z = torch.addcmul(xx, tt[..., None], aa, value=-1.0)
+            if has_lo or has_hi:
+                m = (z > lo) & (z < hi) if (has_lo and has_hi) else ((z > lo) if has_lo else (z < hi))
+                sl = (a2a * m).sum(-1)
+                yy = torch.clamp(z, lo, hi) if (has_lo and has_hi) else (
+                    z.clamp_(min=lo) if has_lo else z.clamp_(max=hi))
+            else:
+                sl = a2a.sum(-1)
+                yy = z
+            return yy, torch.linalg.vecdot(yy, aa), sl
+
+        y = None
+        for _ in range(2):  # dense iterations: after two steps ~95% of the pairs are exact
+            y, hh, sl = evaluate(x, a, a2, t)
+            hh = hh + c
+            go &= hh > tolh
+            st = go & (sl <= 0)
+            bad |= st
+            go &= ~st
+            if not bool(go.any()):
+                break
+            t = torch.where(go, t + hh / torch.where(sl > 0, sl, torch.ones_like(sl)), t)
+        if bool(go.any()):  # the few remaining pairs: compacted iterations
+            gs_, gj_ = torch.nonzero(go, as_tuple=True)
+            xs, as_, a2s, cs_, tls = Xc[gs_], a[gs_, gj_], a2[gs_, gj_], c[gs_, gj_], tolh[gs_, gj_]
+            ts = t[gs_, gj_]
+            alive = torch.ones_like(ts, dtype=torch.bool)
+            for _ in range(2 * f + 4):
+                ys, hs, sls = evaluate(xs, as_, a2s, ts)
+                hs = hs + cs_
+                alive &= hs > tls
+                stq = alive & (sls <= 0)
+                alive &= ~stq
+                bad[gs_[stq], gj_[stq]] = True
+                if not bool(alive.any()):
+                    break
+                ts = torch.where(alive, ts + hs / torch.where(sls > 0, sls, torch.ones_like(sls)), ts)
+            bad[gs_[alive], gj_[alive]] = True
+            t[gs_, gj_] = ts
+            y[gs_, gj_] = ys
+        t = torch.where(bad, torch.zeros_like(t), t)
+        zy = torch.addmm(b, y.reshape(-1, f), W.T).view(Bc, n, n)  # logits at each flip point
+        r = zy.gather(2, pc[:, None, None].expand(Bc, n, 1)) - zy  # r[s, j, k] = z_i - z_k
+        scale = 1.0 + zy.abs().amax(-1)
+        jm = torch.eye(n, dtype=torch.bool, device=dev)[None]  # k == j
+        viol = torch.where(jm, r.abs(), (-r).clamp_min(0)).amax(-1)
+        okB = ~bad & (viol <= feas_tol * scale) & ~isp
+        dpair = (y - x).norm(dim=-1)
+        dpair = torch.where(okB, dpair, torch.full_like(dpair, float("nan")))
+        cpair = okB | isp
+        stats["pairs"] += Bc * (n - 1)
+        stats["one_constraint"] += int(okB.sum())
+        rs, rj = torch.nonzero(~cpair, as_tuple=True)
+        if return_points:
+            ypair = torch.where(okB[..., None], y, torch.full_like(y, float("nan")))
+            mupair = torch.zeros((Bc, n, n), dtype=dtype, device=dev)
+            mupair[:, ar, ar] = torch.where(okB, -t, torch.zeros_like(t))
+        if rs.numel():
+            hard.append((rs + s0, rj, pc[rs], -t[rs, rj]))
+        dist[s0:s0 + Bc] = torch.where(isp, torch.full_like(dpair, float("nan")), dpair)
+        lowb[s0:s0 + Bc] = lb
+        cert[s0:s0 + Bc] = cpair
+        if return_points:
+            pts[s0:s0 + Bc] = ypair
+            mus[s0:s0 + Bc] = mupair
+
+    if hard:  # all remaining pairs of all chunks: one batched Newton solve
+        hs = torch.cat([h_[0] for h_ in hard])
+        hj = torch.cat([h_[1] for h_ in hard])
+        hi_ = torch.cat([h_[2] for h_ in hard])
+        hm = torch.cat([h_[3] for h_ in hard])
+        stats["newton"] = hs.numel()
+        step_ = max(1, newton_chunk)
+        for q0 in range(0, hs.numel(), step_):
+            sl_ = slice(q0, q0 + step_)
+            qs, qj, qi = hs[sl_], hj[sl_], hi_[sl_]
+            mu0 = torch.zeros((qs.numel(), n), dtype=dtype, device=dev)
+            mu0[torch.arange(qs.numel(), device=dev), qj] = hm[sl_]
+            yN, dN, cN, iN, muN, its = _newton(X[qs], qi, qj, W, b, lo, hi, mu0, O, Wnorm, opts)
+            stats["newton_iterations"] = max(stats["newton_iterations"], its)
+            stats["infeasible"] += int(iN.sum())
+            dist[qs, qj] = dN
+            cert[qs, qj] = cN
+            if return_points:
+                pts[qs, qj] = torch.where(torch.isinf(dN)[:, None], torch.full_like(yN, float("nan")), yN)
+                mus[qs, qj] = muN
+    stats["uncertified"] = int((~cert).sum())
+    dd = torch.nan_to_num(dist, nan=float("inf"))
+    margin, closest = dd.min(1)
+    closest = torch.where(torch.isinf(margin), torch.full_like(closest, -1), closest)
+    return FlipResult(distances=dist, margin=margin, closest=closest, pred=pred, certified=cert,
+                      lower_bound=lowb, points=pts, multipliers=mus, stats=stats)
