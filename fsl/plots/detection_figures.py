@@ -1,0 +1,105 @@
+"""Figures of adversarial detection: ROC curves and clean-vs-adversarial score histograms.
+
+Matplotlib with the Agg backend (no display needed). Functions return ``Figure`` objects; pass
+``path`` to also save a PNG (written to a temporary file and renamed, so a crash never leaves a
+half-written image).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+LABELS = {"margin": "margin (-d_min)", "ambiguity": "ambiguity (d_h - d_min)", "msp": "max softmax (-MSP)",
+          "mahalanobis": "Mahalanobis"}
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG atomically (temporary file + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adversarial detection",
+               path: str | os.PathLike | None = None, fpr_mark: float = 0.05) -> Figure:
+    """ROC curves of several scores on one axis, AUROC in the legend.
+
+    ``curves``: ``{score: {"fpr": (K,), "tpr": (K,), "auroc": float}}`` as returned by
+    :func:`fsl.adversarial.detection.detection_table` / ``evaluate_attack(...).roc``.
+    """
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for name, c in curves.items():
+        fpr, tpr = np.asarray(c["fpr"], float), np.asarray(c["tpr"], float)
+        auroc = float(np.asarray(c.get("auroc", np.nan)))
+        if fpr.size == 0 or np.isnan(fpr).all():
+            ax.plot([], [], label=f"{LABELS.get(name, name)}: n/a")
+            continue
+        ax.step(fpr, tpr, where="post", label=f"{LABELS.get(name, name)}: AUROC {auroc:.3f}")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    if fpr_mark:
+        ax.axvline(fpr_mark, color="0.5", lw=0.8, ls=":")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
+           ylabel="true positive rate (adversarial caught)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def score_histograms(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "",
+                     path: str | os.PathLike | None = None, bins: int = 40) -> Figure:
+    """One panel per score: histograms of clean and adversarial scores on shared bins.
+
+    ``scores``: ``{score: (clean_scores, adversarial_scores)}`` (higher = more adversarial).
+    Non-finite values are dropped (their count is shown in the panel title).
+    """
+    names = list(scores)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.6 * max(len(names), 1), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        clean, adv = (np.asarray(getattr(v, "cpu", lambda: v)(), dtype=float).ravel() for v in scores[name])
+        dropped = int((~np.isfinite(clean)).sum() + (~np.isfinite(adv)).sum())
+        clean, adv = clean[np.isfinite(clean)], adv[np.isfinite(adv)]
+        both = np.concatenate([clean, adv])
+        if both.size:
+            lo, hi = float(both.min()), float(both.max())
+            edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+            ax.hist(clean, bins=edges, alpha=0.6, label=f"clean ({clean.size})", density=True)
+            ax.hist(adv, bins=edges, alpha=0.6, label=f"adversarial ({adv.size})", density=True)
+        t = LABELS.get(name, name) + (f"  [{dropped} non-finite dropped]" if dropped else "")
+        ax.set(title=t, xlabel="score (higher = more adversarial)")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def evaluation_scores(per_sample: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{score: (clean, adversarial)}`` from ``evaluate_attack(...).per_sample`` (successful only),
+    with the sign convention of :mod:`fsl.adversarial.detection`."""
+    def arr(k):
+        v = per_sample[k]
+        return np.asarray(v.cpu() if hasattr(v, "cpu") else v)
+
+    s = arr("success").astype(bool)
+    cm, am, ch, ah = arr("clean_margin"), arr("adv_margin"), arr("clean_hull"), arr("adv_hull")
+    return {
+        "margin": (-cm, -am[s]),
+        "ambiguity": (ch - cm, (ah - am)[s]),
+        "msp": (-arr("clean_msp"), -arr("adv_msp")[s]),
+        "mahalanobis": (arr("clean_mahalanobis"), arr("adv_mahalanobis")[s]),
+    }
