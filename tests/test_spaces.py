@@ -138,7 +138,8 @@ def test_selu_out_of_range_is_clamped_and_flagged_never_nan():
     back, bad = selu_inverse(selu64(z))
     ok = z > -15  # further down, selu(z) + lambda*alpha nears the float64 resolution of -lambda*alpha
     torch.testing.assert_close(back[ok], z[ok], atol=1e-8, rtol=1e-10)
-    h = torch.tensor([SELU_LOWER, SELU_LOWER - 1.0, -1e9, float("nan"), float("-inf"), 0.0, 2.0])
+    h = torch.tensor([SELU_LOWER, SELU_LOWER - 1.0, -1e9, float("nan"), float("-inf"), 0.0, 2.0],
+                     dtype=torch.float64)
     zz, bad = selu_inverse(h)
     assert bool(torch.isfinite(zz).all())
     assert bad.tolist() == [True, True, True, True, True, False, False]
