@@ -155,14 +155,35 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         msp_clean = _cpu64(-msp_score(logits_clean))
         msp_adv = _cpu64(-msp_score(logits_adv))
 
-    s = success.cpu()
+    per_sample = {
+        "index": index.cpu(), "label": y.cpu(), "success": success.cpu(), "adv_pred": adv_pred.cpu(),
+        "l2": res.l2.cpu(), "linf": res.linf.cpu(), "nonfinite": res.nonfinite.cpu(),
+        "clean_margin": m_clean, "adv_margin": m_adv, "clean_hull": h_clean, "adv_hull": h_adv,
+        "clean_ambiguity": m_clean - h_clean, "adv_ambiguity": m_adv - h_adv,
+        "clean_msp": msp_clean, "adv_msp": msp_adv,
+        "clean_mahalanobis": maha_clean, "adv_mahalanobis": maha_adv,
+    }
+    metrics, roc = summarize_attack(per_sample, train_margins, fpr=fpr)
+    return AttackEvaluation(metrics=metrics, per_sample=per_sample, roc=roc)
+
+
+def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: float = 0.05
+                     ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """The metrics and ROC curves of :func:`evaluate_attack` from its ``per_sample`` tensors.
+
+    Separate so that per-sample results computed on several processes (DDP shards) can be gathered
+    first and summarised once. Returns ``(metrics, roc)``.
+    """
+    ps = {k: torch.as_tensor(v).cpu() for k, v in per_sample.items()}
+    s = ps["success"].bool()
+    m_clean, m_adv, h_clean, h_adv = ps["clean_margin"], ps["adv_margin"], ps["clean_hull"], ps["adv_hull"]
     scores_clean = {"margin": margin_score(m_clean), "ambiguity": ambiguity_score(m_clean, h_clean),
-                    "msp": -msp_clean, "mahalanobis": maha_clean}
+                    "msp": -ps["clean_msp"], "mahalanobis": ps["clean_mahalanobis"]}
     scores_adv = {"margin": margin_score(m_adv[s]), "ambiguity": ambiguity_score(m_adv[s], h_adv[s]),
-                  "msp": -msp_adv[s], "mahalanobis": maha_adv[s]}
+                  "msp": -ps["adv_msp"][s], "mahalanobis": ps["adv_mahalanobis"][s]}
     metrics = feature_space_summary(m_adv[s], h_adv[s], m_clean[s], h_clean[s], success=s,
-                                    l2=res.l2.cpu()[s], linf=res.linf.cpu()[s])
-    metrics["n_nonfinite"] = float(res.nonfinite.sum())
+                                    l2=ps["l2"][s], linf=ps["linf"][s])
+    metrics["n_nonfinite"] = float(ps["nonfinite"].sum()) if "nonfinite" in ps else 0.0
     table_in = {}
     for name in scores_clean:
         c, a = scores_clean[name], scores_adv[name]
@@ -172,17 +193,8 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         table_in[name] = (c[~torch.isnan(c)], a[~torch.isnan(a)])
     flat, roc = detection_table(table_in, fpr=fpr)
     metrics.update(flat)
-    rule = train_margin_rule(m_adv[s], train_margins, m_clean)
+    rule = train_margin_rule(m_adv[s], torch.as_tensor(train_margins).cpu(), m_clean)
     metrics["rule/train_margin_caught"] = rule["caught"]
     metrics["rule/train_margin_threshold"] = rule["threshold"]
     metrics["rule/train_margin_fpr"] = rule["false_positive"]
-
-    per_sample = {
-        "index": index.cpu(), "label": y.cpu(), "success": s, "adv_pred": adv_pred.cpu(),
-        "l2": res.l2.cpu(), "linf": res.linf.cpu(),
-        "clean_margin": m_clean, "adv_margin": m_adv, "clean_hull": h_clean, "adv_hull": h_adv,
-        "clean_ambiguity": m_clean - h_clean, "adv_ambiguity": m_adv - h_adv,
-        "clean_msp": msp_clean, "adv_msp": msp_adv,
-        "clean_mahalanobis": maha_clean, "adv_mahalanobis": maha_adv,
-    }
-    return AttackEvaluation(metrics=metrics, per_sample=per_sample, roc=roc)
+    return metrics, roc
