@@ -17,18 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fsl.plots.common import save_figure  # noqa: E402,F401  (re-exported)
+
 LABELS = {"margin": "margin (-d_min)", "ambiguity": "ambiguity (d_h - d_min)", "msp": "max softmax (-MSP)",
           "mahalanobis": "Mahalanobis"}
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG atomically (temporary file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
 
 
 def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adversarial detection",
@@ -54,7 +46,7 @@ def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adv
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, close=False)
     return fig
 
 
@@ -84,7 +76,7 @@ def score_histograms(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], title:
         fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, close=False)
     return fig
 
 
