@@ -7,7 +7,6 @@ half-written image).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping
 
 import matplotlib
