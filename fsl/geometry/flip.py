@@ -162,6 +162,8 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
     ineq = (ar[None, :] != pj[:, None]) & (ar[None, :] != pi[:, None])
     # PDAS scaling: mu has units of r / ||a||^2
     an2 = ((W[pi][:, None, :] - W[None, :, :]) ** 2).sum(2)
+    # rows with w_k == w_i have a zero norm: floor the scale so the steps stay defined
+    an2 = torch.maximum(an2, (1e-12 * an2.amax(1, keepdim=True)).clamp_min(1e-30))
     cs = 1.0 / an2.clamp_min(1e-300)
     eye = torch.eye(n, dtype=dt, device=dev)
 
@@ -243,7 +245,8 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         na = 1.0 - actf
         wrel = (w / (1.0 + mu.abs().amax(1, keepdim=True))).clamp(1e-12, 1e-4)
         Hs = H * (actf[:, :, None] * actf[:, None, :]) + torch.diag_embed(na + actf * an2[live] * wrel)
-        dN = torch.linalg.solve(Hs, (-r * actf)[:, :, None]).squeeze(2)
+        dN, info = torch.linalg.solve_ex(Hs, (-r * actf)[:, :, None])
+        dN = torch.where((info != 0)[:, None] | ~torch.isfinite(dN.squeeze(2)), -cs_l * r, dN.squeeze(2))
         dirn = torch.where(act, dN, torch.where(fixed, -cs_l * r, torch.zeros_like(r)))
         # Armijo backtracking along the projection arc, all step sizes evaluated in one batch;
         # Newton candidates first, then scaled projected-gradient candidates as a fallback.
