@@ -15,11 +15,11 @@ Working-set (fully corrective Frank-Wolfe) method, all queries batched:
    ``||q - p||^2 - d*^2`` from above (a certificate), and the best ``k_add`` points join ``S``.
    Points with zero weight leave ``S``.  Repeat until certified.
 
-Certificate: ``relative_gap = gap / max(||q - p||^2, (floor * R)^2)`` where ``R`` is the RMS
-distance of the points to their centroid and ``floor = 1e-4``; ``certified`` means
+Certificate: ``relative_gap = gap / max(||q - p||^2, (1e-3 R)^2)`` where ``R`` is the RMS
+distance of the points to their centroid; ``certified`` means
 ``relative_gap <= tol`` (default 1e-6).  So a certified query has ``d^2 <= d*^2 + tol * max(d^2,
-1e-8 R^2)``: relative accuracy when the query is outside the hull, and an absolute accuracy of
-about ``1e-7 R`` on the distance for queries inside (distance 0) or extremely close to it.
+1e-6 R^2)``: relative accuracy when the query is outside the hull, and an absolute accuracy of
+about ``1e-6 R`` on the distance for queries inside (distance 0) or extremely close to it.
 The returned ``lower_bound = max(0, ||u|| - gap / (2 ||u||))`` is the separating-hyperplane bound.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ class HullResult:
             padded with -1.
         support_weight: ``(Q, K)`` their weights (sum 1), padded with 0.
         gap: ``(Q,)`` Frank-Wolfe duality gap (squared-distance units): ``d^2 - d*^2 <= gap``.
-        relative_gap: ``(Q,)`` ``gap / max(d^2, (1e-4 R)^2)``.
+        relative_gap: ``(Q,)`` ``gap / max(d^2, (1e-3 R)^2)``.
         lower_bound: ``(Q,)`` certified lower bound on the distance.
         certified: ``(Q,)`` bool ``relative_gap <= tol``.
         stats: rounds, pricing passes, max working-set size.
@@ -60,7 +60,7 @@ class HullResult:
 
     @property
     def inside(self) -> Tensor:
-        """Queries whose certified distance is at the floor (inside the hull up to 1e-7 R)."""
+        """Queries whose certified distance is at the floor (inside the hull up to 1e-6 R)."""
         return self.certified & (self.distance <= self.stats.get("inside_tol", 0.0))
 
 
@@ -210,7 +210,7 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     Qc = Qx - cen
     R = float(((Dc ** 2).sum(1).mean()).sqrt()) if N else 1.0
     R = R if R > 0 else 1.0
-    floor2 = (1e-4 * R) ** 2
+    floor2 = (1e-3 * R) ** 2
     Dcp = Dc.to(pdtype) if pdtype != dtype else Dc
     dn2 = (Dc ** 2).sum(1)
     Daug = torch.cat([Dc, dn2[:, None]], 1).to(pdtype)  # 2 q·d - |d|^2 in one product
@@ -221,7 +221,7 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     out_w: list = []
     out_cert = torch.zeros(Qn, dtype=torch.bool, device=dev)
     stats = dict(rounds=0, pricing_passes=0, max_working=0, inner_iterations=0, R=R,
-                 inside_tol=1e-7 * R)
+                 inside_tol=1e-6 * R)
     supp_idx_all = []
     for q0 in range(0, Qn, chunk_q):
         qc = Qc[q0:q0 + chunk_q]

@@ -1,0 +1,96 @@
+"""fsl.geometry balls / union / ambiguity / lipschitz / FeatureGeometry."""
+import math
+
+import torch
+
+from fsl.geometry import (FeatureGeometry, ambiguity, ball_counts, flip_margins, hull_distances,
+                          lipschitz, union_coverage)
+
+D64 = torch.float64
+
+
+def brute_counts(C, r, P, self_idx=None):
+    d2 = ((C[:, None, :] - P[None, :, :]) ** 2).sum(2)
+    inside = d2 < (r * r)[:, None]
+    if self_idx is not None:
+        inside[torch.arange(C.shape[0]), self_idx] = False
+    return inside.sum(1)
+
+
+def test_ball_counts_brute_force_and_borderline():
+    g = torch.Generator().manual_seed(0)
+    P = torch.randn(700, 16, generator=g, dtype=D64) * 3 + 100.0  # large norms: cancellation
+    C = P[:300]
+    r = torch.rand(300, generator=g, dtype=D64) * 8
+    # borderline: radius exactly the distance to some point (not strictly inside), and just above
+    d = (C[:100] - P[400:500]).norm(dim=1)
+    r[:100] = d
+    r[100:150] = (C[100:150] - P[500:550]).norm(dim=1) * (1 + 1e-15)
+    got = ball_counts(C, r, P, exclude_self=False, chunk_q=64, chunk_n=128)
+    ref = brute_counts(C, r, P)
+    assert torch.equal(got, ref)
+    # exclude_self with centers being the points themselves
+    got = ball_counts(P, torch.full((700,), 6.0, dtype=D64), P)
+    assert torch.equal(got, brute_counts(P, torch.full((700,), 6.0, dtype=D64), P, torch.arange(700)))
+    # float32 inputs are decided in float64 too
+    got32 = ball_counts(C.float(), r, P.float(), exclude_self=False)
+    assert torch.equal(got32, brute_counts(C.float().double(), r, P.float().double()))
+
+
+def test_exclude_self_rules_and_duplicates():
+    P = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=D64)
+    r = torch.tensor([1.0, 0.5, 2.0, 0.0], dtype=D64)
+    # self excluded by index; the duplicate (index 1) still counts; radius 0 holds nothing;
+    # point at distance exactly 1 is not strictly inside
+    assert ball_counts(P, r, P).tolist() == [1, 1, 2, 0]
+    assert ball_counts(P, r, P, exclude_self=False).tolist() == [2, 2, 3, 0]
+    assert ball_counts(P[:2], r[:2], P, exclude_self=torch.tensor([1, -1])).tolist() == [1, 2]
+
+
+def test_union_coverage():
+    g = torch.Generator().manual_seed(1)
+    C = torch.randn(300, 8, generator=g, dtype=D64)
+    r = torch.rand(300, generator=g, dtype=D64)
+    X = torch.randn(500, 8, generator=g, dtype=D64)
+    X[:20] = C[:20] + torch.nn.functional.normalize(torch.randn(20, 8, generator=g, dtype=D64), dim=1) * r[:20, None]
+    d2 = ((X[:, None] - C[None]) ** 2).sum(2)
+    ref = (d2 < (r * r)[None]).any(1)
+    assert torch.equal(union_coverage(X, C, r, chunk_q=100, chunk_n=64), ref)
+
+
+def test_ambiguity_and_lipschitz():
+    W = torch.tensor([[3.0, 0.0], [0.0, 4.0]], dtype=D64)
+    assert lipschitz(W) == 4.0
+    assert torch.equal(ambiguity(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 3.0])), torch.tensor([0.5, -1.0]))
+
+
+def test_feature_geometry_report():
+    g = torch.Generator().manual_seed(2)
+    n, f = 4, 6
+    centers = torch.rand(n, f, generator=g, dtype=D64) * 3
+    ytr = torch.randint(0, n, (400,), generator=g)
+    yte = torch.randint(0, n, (60,), generator=g)
+    Xtr = torch.relu(centers[ytr] + torch.randn(400, f, generator=g, dtype=D64))
+    Xte = torch.relu(centers[yte] + torch.randn(60, f, generator=g, dtype=D64))
+    W = centers - centers.mean(0)
+    b = -0.5 * (centers ** 2).sum(1) + 0.5 * (centers.mean(0) ** 2).sum()
+    geo = FeatureGeometry(Xtr, ytr, W, b, lower=0.0)
+    rep = geo.analyze(Xte, yte, max_queries=40, max_train_balls=200)
+    st = rep.stats
+    for key in ["margin/mean", "margin/median", "margin/q05", "hull/frac_outside", "hull/distance_median",
+                "frac_hull_lt_margin", "ball/frac_with_other", "ball/mean_count", "ball/max_count",
+                "ball/union_coverage", "hull/support_label_agreement", "hull/projection_accuracy",
+                "lipschitz", "accuracy", "ambiguity/median"]:
+        assert key in st and isinstance(st[key], (int, float)), key
+    assert all(isinstance(v, (int, float)) for v in st.values())
+    ps = rep.per_sample
+    idx = ps["index"]
+    assert idx.numel() == 40
+    fr = flip_margins(Xte[idx], W, b, lower=0.0)
+    hr = hull_distances(Xte[idx], Xtr)
+    assert torch.allclose(ps["margin"], fr.margin) and torch.allclose(ps["hull_distance"], hr.distance)
+    assert torch.allclose(ps["ambiguity"], fr.margin - hr.distance)
+    assert st["frac_hull_lt_margin"] == float((hr.distance < fr.margin).float().mean())
+    assert st["hull/certified_frac"] == 1.0 and st["margin/certified_frac"] == 1.0
+    assert 0.0 <= st["hull/support_label_agreement"] <= 1.0
+    assert math.isclose(st["lipschitz"], float(torch.linalg.matrix_norm(W, 2)))
