@@ -248,29 +248,45 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         dN, info = torch.linalg.solve_ex(Hs, (-r * actf)[:, :, None])
         dN = torch.where((info != 0)[:, None] | ~torch.isfinite(dN.squeeze(2)), -cs_l * r, dN.squeeze(2))
         dirn = torch.where(act, dN, torch.where(fixed, -cs_l * r, torch.zeros_like(r)))
-        # Armijo backtracking along the projection arc, all step sizes evaluated in one batch;
-        # Newton candidates first, then scaled projected-gradient candidates as a fallback.
-        K = opts["ls_steps"]
-        alphas = 0.5 ** torch.arange(K, dtype=dt, device=dev)
-        gdir = -cs_l * r / (n - 1)
-        cand = torch.cat([mu[:, None, :] + alphas[None, :, None] * dirn[:, None, :],
-                          mu[:, None, :] + alphas[None, :, None] * gdir[:, None, :]], 1)
-        cand = torch.where(in_l[:, None, :], cand.clamp_min(0), cand)
-        K2 = 2 * K
-        cf = cand.reshape(Ml * K2, n)
-        pik = pi_l.repeat_interleave(K2)
-        nuc = -cf
-        nuc.scatter_add_(1, pik[:, None], cf.sum(1, keepdim=True))
-        xk = x_l.repeat_interleave(K2, 0)
-        yk = torch.clamp(torch.addmm(xk, nuc, W), lo, hi)
-        rk, _ = _residuals(yk, W, b, pik)
-        phik = ((cf * rk).sum(1) - 0.5 * ((yk - xk) ** 2).sum(1)).view(Ml, K2)
+        # Armijo backtracking along the projection arc.  The full Newton step is tried first for
+        # every pair; the pairs that reject it evaluate all step sizes in one batch, Newton
+        # candidates first, then scaled projected-gradient candidates as a fallback.
         phi0 = (mu * r).sum(1) - 0.5 * ((y[keep] - x_l) ** 2).sum(1)
-        dec = ((mu[:, None, :] - cand) * r[:, None, :]).sum(2)  # first-order predicted decrease
-        okls = (phik <= phi0[:, None] - 1e-4 * dec + 1e-14 * (1.0 + phi0.abs()[:, None])) & (dec > 0)
-        anyok = okls.any(1)
-        first = okls.to(torch.int8).argmax(1)
-        newmu = cand[torch.arange(Ml, device=dev), first]
+
+        def trial(cand, rows, xrows, pirows):
+            Mc, Kc, _ = cand.shape
+            cf = cand.reshape(Mc * Kc, n)
+            pik = pirows.repeat_interleave(Kc)
+            nuc = -cf
+            nuc.scatter_add_(1, pik[:, None], cf.sum(1, keepdim=True))
+            xk = xrows.repeat_interleave(Kc, 0)
+            yk = torch.clamp(torch.addmm(xk, nuc, W), lo, hi)
+            rk, _ = _residuals(yk, W, b, pik)
+            phik = ((cf * rk).sum(1) - 0.5 * ((yk - xk) ** 2).sum(1)).view(Mc, Kc)
+            dec = ((mu[rows][:, None, :] - cand) * r[rows][:, None, :]).sum(2)
+            return (phik <= phi0[rows][:, None] - 1e-4 * dec + 1e-14 * (1.0 + phi0[rows].abs()[:, None])) & (dec > 0)
+
+        allr = torch.arange(Ml, device=dev)
+        full = mu + dirn
+        full = torch.where(in_l, full.clamp_min(0), full)
+        ok1 = trial(full[:, None, :], allr, x_l, pi_l)[:, 0]
+        newmu = torch.where(ok1[:, None], full, mu)
+        anyok = ok1.clone()
+        rej = torch.nonzero(~ok1).squeeze(1)
+        if rej.numel():
+            K = opts["ls_steps"]
+            alphas = 0.5 ** torch.arange(1, K + 1, dtype=dt, device=dev)
+            mr, dr, rr = mu[rej], dirn[rej], r[rej]
+            gdir = -cs_l[rej] * rr / (n - 1)
+            cand = torch.cat([mr[:, None, :] + alphas[None, :, None] * dr[:, None, :],
+                              mr[:, None, :] + alphas[None, :, None] * gdir[:, None, :]], 1)
+            cand = torch.where(in_l[rej][:, None, :], cand.clamp_min(0), cand)
+            okls = trial(cand, rej, x_l[rej], pi_l[rej])
+            first = okls.to(torch.int8).argmax(1)
+            got = okls.any(1)
+            pick = cand[torch.arange(rej.numel(), device=dev), first]
+            newmu[rej] = torch.where(got[:, None], pick, mr)
+            anyok[rej] = got
         step = torch.where(anyok[:, None], newmu - mu, torch.zeros_like(mu))
         mu = torch.where(anyok[:, None], newmu, mu)
         mu = torch.where(ar[None, :] == pi_l[:, None], torch.zeros_like(mu), mu)
