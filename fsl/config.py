@@ -26,9 +26,18 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def checkpoint_run_name(ckpt_path: str) -> str:
+    """A results-folder name for a checkpoint: ``<run folder>-<checkpoint stem>``."""
+    p = Path(str(ckpt_path))
+    run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
+    return f"{run}-{p.stem}" if run else p.stem
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("fsl_wandb_mode"):
         OmegaConf.register_new_resolver("fsl_wandb_mode", wandb_mode)
+    if not OmegaConf.has_resolver("fsl_ckpt_name"):
+        OmegaConf.register_new_resolver("fsl_ckpt_name", checkpoint_run_name)
 
 
 def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:

@@ -1,0 +1,22 @@
+"""The full study on a checkpoint: ``python analyze.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt``."""
+import hydra
+from omegaconf import DictConfig
+
+from fsl.analysis.study import analyze
+from fsl.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(config_path="configs", config_name="analyze", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = analyze(cfg)
+    print(f"results: {result.results_dir}")
+    for key in sorted(result.metrics):
+        if key.startswith(("analysis/margin/median", "analysis/hull/median", "analysis/frac_hull_lt_margin",
+                           "analysis/acc", "pixel/hull/projection_acc", "adv/") ) and "/threshold" not in key:
+            print(f"  {key} = {result.metrics[key]:.4g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+import json
+import math
+
+import pytest
+import torch
+
+from fsl.config import compose_config
+from fsl.training import CheckpointError, train
+from tests.helpers import synthetic_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("an")
+    result = train(synthetic_config(tmp, epochs=2, extra=["logger=none", "test_after_fit=false"]))
+    return tmp, result.best_checkpoint
+
+
+def analyze_cfg(tmp, ckpt, out, extra=()):
+    return compose_config("analyze", [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp}",
+                                      "n_train=256", "n_eval=96", "pixel_hull.n_queries=24",
+                                      "adversarial.n_samples=48", "device=cpu", *extra])
+
+
+def test_analyze_writes_every_file(checkpoint, tmp_path):
+    from fsl.analysis.study import analyze
+    from fsl.tracking import find_offline_runs, read_offline_run
+
+    tmp, ckpt = checkpoint
+    out = tmp_path / "res"
+    result = analyze(analyze_cfg(tmp_path, ckpt, out))
+    for name in ["metrics.json", "per_sample.csv", "report.md"]:
+        assert (out / name).is_file(), name
+    figs = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"distance_histograms", "margin_vs_hull", "closest_class", "most_ambiguous", "least_ambiguous",
+            "table1_margins", "roc_deepfool", "roc_pgd"} <= figs
+    assert not list(out.rglob("*.part*"))  # nothing half-written
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ["analysis/margin/median", "analysis/hull/median", "analysis/hull/projection_acc",
+                "pixel/hull/projection_acc", "pixel/hull/support_label_agreement", "adv/deepfool/auroc/margin",
+                "adv/pgd/success_rate"]:
+        assert key in metrics and metrics[key] is not None, key
+    assert metrics["analysis/n_eval"] == 96 and metrics["analysis/n_train"] == 256
+    assert metrics["analysis/hull/certified_frac"] == 1.0
+    rows = (out / "per_sample.csv").read_text().splitlines()
+    assert len(rows) == 97 and rows[0].startswith("index,label,pred")
+    report = (out / "report.md").read_text()
+    assert "Paper (ResNet-20, CIFAR-10) vs measured" in report and "Table 1" in report
+    assert "![roc_deepfool](figures/roc_deepfool.png)" in report
+    run = read_offline_run(find_offline_runs(tmp_path)[0])
+    assert run.summary["analysis/margin/median"] == pytest.approx(metrics["analysis/margin/median"])
+    # re-running into the same folder replaces the files whole
+    analyze(analyze_cfg(tmp_path, ckpt, out, ["adversarial.enabled=false", "pixel_hull.enabled=false"]))
+    assert json.loads((out / "metrics.json").read_text())["analysis/margin/median"] == pytest.approx(
+        metrics["analysis/margin/median"])
+    assert not list(out.rglob("*.part*"))
+
+
+def test_wrong_architecture_and_corrupt_checkpoint(checkpoint, tmp_path):
+    from fsl.analysis.study import analyze
+
+    tmp, ckpt = checkpoint
+    with pytest.raises(CheckpointError, match="holds a 'selu_mlp' model, not 'resnet20'"):
+        analyze(analyze_cfg(tmp_path, ckpt, tmp_path / "r1", ["expected_model=resnet20"]))
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(open(ckpt, "rb").read()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        analyze(analyze_cfg(tmp_path, bad, tmp_path / "r2"))
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from fsl.analysis.features import fixed_subset
+from fsl.tracking import find_offline_runs, read_offline_run
+from fsl.training import load_model, train
+from tests.helpers import synthetic_config
+
+CALLBACK_OVERRIDES = [
+    "callbacks=analysis",
+    "callbacks.feature_geometry.every_n_epochs=1", "callbacks.feature_geometry.n_train=300",
+    "callbacks.feature_geometry.n_eval=120",
+    "callbacks.adversarial.every_n_epochs=2", "callbacks.adversarial.n_samples=60",
+    "callbacks.adversarial.n_train=300",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cb")
+    cfg = synthetic_config(tmp, epochs=2, extra=CALLBACK_OVERRIDES)
+    result = train(cfg)
+    run = read_offline_run(find_offline_runs(tmp)[0])
+    return tmp, cfg, result, run
+
+
+def test_geometry_keys_are_logged_each_epoch(fitted):
+    tmp, cfg, result, run = fitted
+    for key in ["analysis/margin/median", "analysis/hull/median", "analysis/frac_hull_lt_margin",
+                "analysis/ball/union_coverage", "analysis/ball/mean_count", "analysis/hull/support_label_agreement",
+                "analysis/ambiguity/median", "analysis/margin/certified_frac"]:
+        values = run.series(key)
+        assert len(values) == 2, key  # every_n_epochs=1, two epochs
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), key
+    assert run.series("analysis/margin/certified_frac")[-1] == 1.0
+    assert run.series("analysis/hull/certified_frac")[-1] == 1.0
+    for media in ("analysis/samples", "analysis/most_ambiguous", "analysis/least_ambiguous", "analysis/margin_hist"):
+        assert any(k.startswith(media + "/") for k in run.keys), media  # W&B media are nested records
+    assert any("media/table/analysis/samples" in f for f in run.files)
+
+
+def test_adversarial_keys_are_logged(fitted):
+    tmp, cfg, result, run = fitted
+    for attack in ("deepfool", "pgd"):
+        for key in ("success_rate", "auroc/margin", "auroc/ambiguity", "auroc/msp", "auroc/mahalanobis",
+                    "tpr5/margin", "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "l2/mean"):
+            assert len(run.series(f"adv/{attack}/{key}")) == 1, (attack, key)  # epoch 2 only
+    assert 0 < run.summary["adv/deepfool/success_rate"] <= 1
+    assert any(k.startswith("adv/deepfool/roc/") for k in run.keys)
+    assert any(f.startswith("media/images/adv/pgd/roc") for f in run.files)
+
+
+def test_logged_values_equal_direct_geometry_calls(fitted):
+    """Recompute the last epoch's numbers from the checkpoint with fsl.geometry directly."""
+    from fsl.data import create_datamodule
+    from fsl.geometry import flip_margins, hull_distances
+
+    tmp, cfg, result, run = fitted
+    model, hp = load_model(result.last_checkpoint)
+    dm = create_datamodule(**hp["data"])
+    x_tr, y_tr = dm.tensors("train")
+    x_va, y_va = dm.tensors("val")
+    seed = int(cfg.seed)
+    tr = x_tr[fixed_subset(len(y_tr), 300, seed)]
+    va = x_va[fixed_subset(len(y_va), 120, seed + 1)]
+    with torch.no_grad():
+        f_tr, f_va = model.forward_features(tr), model.forward_features(va)
+    dom = model.feature_domain
+    m = flip_margins(f_va, model.head.weight, model.head.bias, dom.lower, dom.upper)
+    h = hull_distances(f_va.double(), f_tr.double())
+    assert run.series("analysis/margin/median")[-1] == pytest.approx(float(m.margin.median()), rel=1e-5)
+    assert run.series("analysis/hull/median")[-1] == pytest.approx(float(h.distance.median()), rel=1e-4, abs=1e-7)
+    frac = float((h.distance < m.margin).double().mean())
+    assert run.series("analysis/frac_hull_lt_margin")[-1] == pytest.approx(frac, abs=1.5 / 120)
