@@ -82,8 +82,9 @@ class AdversarialDetectionCallback(pl.Callback):
                 ps = dict(ev.per_sample)
                 ps["index"] = rows[ps["index"]]
                 parts.append(ps)
-            local = {key: torch.cat([p[key] for p in parts]) if parts else torch.empty(0, dtype=_dtype(key))
-                     for key in ATTACK_KEYS}
+            # one dtype per key on every rank (an idle rank has no parts): collectives need equal sizes
+            local = {key: torch.cat([p[key].cpu() for p in parts]).to(_dtype(key)) if parts
+                     else torch.empty(0, dtype=_dtype(key)) for key in ATTACK_KEYS}
             gathered = {k: gather_cat(v.cpu()) for k, v in local.items()}
             order = torch.argsort(gathered["index"])
             gathered = {k: v[order] for k, v in gathered.items()}
