@@ -148,6 +148,12 @@ def main():
           f"load average {load:.1f} on {os.cpu_count()} cores")
     rows = []
 
+    def add(row):  # print each row as soon as it is measured
+        rows.append(row)
+        name, tf, refname, tr, e, c = row
+        print(f"# row: {name}: fsl {tf:.2f} s | {refname} | ratio {tr / tf:.0f}x | err {e:.1e} | certified {c}",
+              flush=True)
+
     if "margin" not in skip:
         Xm = Xtr[:args.n_margin]
         flip_margins(Xm[:500], W, b, lo, hi)  # warm-up
@@ -175,7 +181,7 @@ def main():
                 else:
                     err = max(err, abs(ref - ours))
         t_ref = (time.perf_counter() - t) / nref * nq
-        rows.append((f"margins {Xm.shape[0]}x{W.shape[1]}, {W.shape[0]} cls ({nq} QPs)", t_fsl,
+        add((f"margins {Xm.shape[0]}x{W.shape[1]}, {W.shape[0]} cls ({nq} QPs)", t_fsl,
                      f"cvxpy+Clarabel {t_ref:.0f} s (extrapolated from {nref} QPs)", t_ref, err,
                      bool(res.certified.all())))
         if hi is None:
@@ -189,7 +195,7 @@ def main():
                         continue  # infeasible pair, the layer cannot represent it
                     errl = max(errl, abs(d - ours))
                 t_refl = tl / max(len(out), 1) * nq
-                rows.append(("margins (same)", t_fsl,
+                add(("margins (same)", t_fsl,
                              f"cvxpylayers {t_refl:.0f} s (extrapolated from {len(out)} QPs)", t_refl,
                              errl, bool(res.certified.all())))
             except Exception as e:  # pragma: no cover
@@ -208,7 +214,7 @@ def main():
         t = time.perf_counter()
         err = max(abs(cvxpy_hull(Q[s].numpy(), Dn) - float(hr.distance[s])) for s in range(k))
         t_ref = (time.perf_counter() - t) / k * Q.shape[0]
-        rows.append((f"hull {Q.shape[0]} q vs {D.shape[0]}x{D.shape[1]}", t_fsl,
+        add((f"hull {Q.shape[0]} q vs {D.shape[0]}x{D.shape[1]}", t_fsl,
                      f"cvxpy+Clarabel {t_ref / 3600:.1f} h (extrapolated from {k} QPs)", t_ref, err,
                      bool(hr.certified.all())))
         k = min(args.ref_nnls, Q.shape[0])
@@ -216,7 +222,7 @@ def main():
         t = time.perf_counter()
         err = max(abs(nnls_hull(Q[s].numpy(), Dn, rho) - float(hr.distance[s])) for s in range(k))
         t_ref = (time.perf_counter() - t) / k * Q.shape[0]
-        rows.append(("hull (same)", t_fsl, f"scipy NNLS {t_ref / 60:.1f} min (extrapolated from {k})",
+        add(("hull (same)", t_fsl, f"scipy NNLS {t_ref / 60:.1f} min (extrapolated from {k})",
                      t_ref, err, bool(hr.certified.all())))
 
     if "ball" not in skip:
@@ -238,7 +244,7 @@ def main():
         print(f"# balls: mean count {float(cnt.float().mean()):.1f}, max {int(cnt.max())}, "
               f"frac with other {float((cnt > 0).float().mean()):.3f}, union coverage "
               f"{float(cov.float().mean()):.3f} ({t_cov:.2f} s for {cov.numel()} queries)")
-        rows.append((f"ball counts {P.shape[0]} pts", t_fsl,
+        add((f"ball counts {P.shape[0]} pts", t_fsl,
                      f"brute force f64 {t_ref:.0f} s (extrapolated from {k})", t_ref, float(miss),
                      True))
 
