@@ -78,7 +78,11 @@ def _plain(cfg) -> dict:
 def _options(cfg) -> dict:
     c = _plain(cfg)
     opts = {**DEFAULTS, **{k: v for k, v in c.items() if v is not None or k in ("max_iter", "al_iter", "al_inner_steps")}}
-    opts["enabled"] = {**DEFAULTS["enabled"], **_plain(c.get("enabled"))}
+    en = c.get("enabled")
+    if isinstance(en, bool):  # one switch for every study
+        opts["enabled"] = {s: en for s in STUDIES}
+    else:
+        opts["enabled"] = {**DEFAULTS["enabled"], **_plain(en)}
     return opts
 
 
@@ -235,6 +239,7 @@ def _save_inversion_figure(out, name, refs, res, labels, n_per, title):
 
     fig = pf.inversion_figure(refs, res.images, res, targets_label=_SHORT.get(name, "target"), max_items=refs.shape[0])
     fig.suptitle(f"{title}; references: " + ", ".join(f"{k} x{n_per}" for k in labels), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     out.save_figure(name, fig)
     return name
 
@@ -503,6 +508,9 @@ def spectra_figure(spectra, title: str = "singular values of every layer (sigma_
     ax.set_title(title, fontsize=9)
     if len(spectra) <= 12:
         ax.legend(fontsize=6)
+    else:
+        ax.text(0.99, 0.98, f"{len(spectra)} layers; colour = depth (dark = first)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -621,7 +629,8 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
         out: :class:`fsl.analysis.results.ResultsDir`; figures go to ``figures/pixels_*.png``.
         class_names: class names (used in titles).
         cfg: plain dict (or DictConfig) of options, see :data:`DEFAULTS`; missing keys take the defaults.
-            ``enabled``: {study: bool} for ``inversion, morph, preimage, signal, selu, ideal``.
+            ``enabled``: {study: bool} for ``inversion, morph, preimage, signal, selu, ideal``
+            (missing studies are on), or one bool for all of them.
         flip_result: optional ``fsl.geometry.FlipResult`` of ``test_features`` (rows aligned) with
             ``points`` (``return_points=True``); computed on the first ``n_measure`` rows when absent.
         hull_result: optional ``fsl.geometry.HullResult`` of ``test_features`` against
