@@ -19,7 +19,9 @@ def checkpoint(tmp_path_factory):
 def analyze_cfg(tmp, ckpt, out, extra=()):
     return compose_config("analyze", [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp}",
                                       "n_train=256", "n_eval=96", "pixel_hull.n_queries=24",
-                                      "adversarial.n_samples=48", "device=cpu", *extra])
+                                      "adversarial.n_samples=48", "device=cpu", "pixels.n_measure=6",
+                                      "pixels.n_figure=2", "pixels.batch_size=6", "+pixels.n_signal=200",
+                                      "+pixels.n_ideal=200", "+pixels.ideal_steps=10", *extra])
 
 
 def test_analyze_writes_every_file(checkpoint, tmp_path):
@@ -35,10 +37,11 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
     assert {"distance_histograms", "margin_vs_hull", "closest_class", "most_ambiguous", "least_ambiguous",
             "table1_margins", "roc_deepfool", "roc_pgd"} <= figs
     assert not list(out.rglob("*.part*"))  # nothing half-written
+    assert any(p.startswith("pixels_") for p in figs)  # the pixel-space studies ran and drew
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ["analysis/margin/median", "analysis/hull/median", "analysis/hull/projection_acc",
                 "pixel/hull/projection_acc", "pixel/hull/support_label_agreement", "adv/deepfool/auroc/margin",
-                "adv/pgd/success_rate"]:
+                "adv/pgd/success_rate", "pixels/inversion/flip/success_rate", "pixels/inversion/hull/success_rate"]:
         assert key in metrics and metrics[key] is not None, key
     assert metrics["analysis/n_eval"] == 96 and metrics["analysis/n_train"] == 256
     assert metrics["analysis/hull/certified_frac"] == 1.0
@@ -47,10 +50,12 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
     report = (out / "report.md").read_text()
     assert "Paper (ResNet-20, CIFAR-10) vs measured" in report and "Table 1" in report
     assert "![roc_deepfool](figures/roc_deepfool.png)" in report
+    assert "From feature space back to pixels" in report
     run = read_offline_run(find_offline_runs(tmp_path)[0])
     assert run.summary["analysis/margin/median"] == pytest.approx(metrics["analysis/margin/median"])
     # re-running into the same folder replaces the files whole
-    analyze(analyze_cfg(tmp_path, ckpt, out, ["adversarial.enabled=false", "pixel_hull.enabled=false"]))
+    analyze(analyze_cfg(tmp_path, ckpt, out, ["adversarial.enabled=false", "pixel_hull.enabled=false",
+                                              "pixels.run=false"]))
     assert json.loads((out / "metrics.json").read_text())["analysis/margin/median"] == pytest.approx(
         metrics["analysis/margin/median"])
     assert not list(out.rglob("*.part*"))

@@ -84,7 +84,7 @@ def analyze(cfg) -> AnalysisResult:
     test = extract_features(model, x_te[idx_te], y_te[idx_te], idx_te, bs, device, progress=True, desc="test features")
     images = x_te[idx_te]
 
-    steps = tqdm(total=4, desc="analysis", leave=True)
+    steps = tqdm(total=5, desc="analysis", leave=True)
     dom = model.feature_domain
     steps.set_postfix_str("feature-space geometry")
     study = feature_geometry_study(train, test, model.head.weight, model.head.bias, dom.lower, dom.upper,
@@ -125,8 +125,21 @@ def analyze(cfg) -> AnalysisResult:
             metrics.update({f"adv/{name}/{k}": v for k, v in ev.metrics.items()})
     steps.update()
 
+    steps.set_postfix_str("pixel-space studies")
+    pixel_lines: list[str] = []
+    xcfg = cfg.get("pixels") or {}
+    if xcfg.get("run", True):
+        from fsl.analysis.pixel_studies import pixel_space_studies
+        from fsl.config import to_plain
+
+        xm, pixel_lines = pixel_space_studies(model, x_tr[idx_tr], y_tr[idx_tr], images, y_te[idx_te], train.features,
+                                              test.features, out, names, {k: v for k, v in to_plain(xcfg).items()
+                                                                          if k != "run"})
+        metrics.update({f"pixels/{k}": v for k, v in xm.items()})
+    steps.update()
+
     steps.set_postfix_str("figures and report")
-    files = _write_outputs(out, cfg, metrics, per_sample, study, images, names, adv_results, hp)
+    files = _write_outputs(out, cfg, metrics, per_sample, study, images, names, adv_results, hp, pixel_lines)
     steps.update()
     steps.close()
     metrics["analysis/seconds"] = time.time() - t0
@@ -135,7 +148,8 @@ def analyze(cfg) -> AnalysisResult:
     return AnalysisResult(metrics=metrics, results_dir=out.root, files=files)
 
 
-def _write_outputs(out: ResultsDir, cfg, metrics, per_sample, study, images, names, adv_results, hp) -> list[Path]:
+def _write_outputs(out: ResultsDir, cfg, metrics, per_sample, study, images, names, adv_results, hp,
+                   pixel_lines=()) -> list[Path]:
     from fsl.plots import geometry_figures as gf
 
     files = []
@@ -160,7 +174,8 @@ def _write_outputs(out: ResultsDir, cfg, metrics, per_sample, study, images, nam
 
         for name, ev in adv_results.items():
             files.append(out.save_figure(f"roc_{name}", roc_figure(ev.roc, title=f"{name}: adversarial vs clean")))
-    files.append(out.write_text("report.md", render_report(cfg, metrics, study, names, ids, adv_results, hp, out)))
+    files.append(out.write_text("report.md", render_report(cfg, metrics, study, names, ids, adv_results, hp, out,
+                                                           pixel_lines)))
     return files
 
 
@@ -172,7 +187,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def render_report(cfg, metrics, study, names, ids, adv_results, hp, out: ResultsDir) -> str:
+def render_report(cfg, metrics, study, names, ids, adv_results, hp, out: ResultsDir, pixel_lines=()) -> str:
     m = metrics
     lines = [f"# fsl analysis: {hp['model']['name']} on {hp['data']['name']}", "",
              f"Checkpoint: `{cfg.ckpt_path}`  ",
@@ -207,9 +222,12 @@ def render_report(cfg, metrics, study, names, ids, adv_results, hp, out: Results
             lines.append(f"| {name} | {g('success_rate')} | {g('frac_margin_lt_hull')} | {g('frac_hull_shrank')} | "
                          f"{g('auroc/margin')} | {g('auroc/ambiguity')} | {g('auroc/msp')} | {g('auroc/mahalanobis')} | "
                          f"{g('tpr5/margin')} | {g('rule/train_margin_caught')} |")
+    if pixel_lines:
+        lines += ["", *pixel_lines]
     lines += ["", "## Figures", ""]
     for name, path in out.figures.items():
-        lines.append(f"![{name}](figures/{path.name})")
+        if not name.startswith("pixels_"):  # those are placed in their own section
+            lines.append(f"![{name}](figures/{path.name})")
     lines.append("")
     return "\n".join(lines)
 
