@@ -6,7 +6,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from callbacks.common import is_due, log_scalars, subset_features, wandb_experiments
+from callbacks.common import is_due, log_scalars, subset_features, train_margins, wandb_experiments
 from fsl.analysis.distributed import gather_cat, world
 
 ATTACK_KEYS = ("index", "label", "success", "adv_pred", "l2", "linf", "nonfinite", "clean_margin", "adv_margin",
@@ -63,7 +63,7 @@ class AdversarialDetectionCallback(pl.Callback):
         geom = FeatureGeometry(
             margin_fn=lambda f: flip_margins(f.cpu(), w, b, dom.lower, dom.upper).margin,
             hull_fn=FeatureGeometry.from_model(net, train.features.double()).hull_fn)
-        train_margins = flip_margins(train.features, w, b, dom.lower, dom.upper).margin
+        train_margin = train_margins(trainer, pl_module, train, self.n_train, self.seed)
         maha = fit_mahalanobis(train.features, train.labels, num_classes=net.num_classes)
         # Chunks of the sample list, not single samples, are dealt out to the ranks, and each chunk's
         # attack is seeded by its position: PGD's random start then does not depend on the world size.
@@ -77,7 +77,7 @@ class AdversarialDetectionCallback(pl.Callback):
             for k in range(rank, len(chunks), size):
                 rows = chunks[k]
                 ev = evaluate_attack(net, images[rows], evals.labels[rows], train.features, train.labels,
-                                     attack=attack, geometry=geom, train_margins=train_margins, mahalanobis=maha,
+                                     attack=attack, geometry=geom, train_margins=train_margin, mahalanobis=maha,
                                      batch_size=len(rows), seed=self.seed + k, **params)
                 ps = dict(ev.per_sample)
                 ps["index"] = rows[ps["index"]]
@@ -88,7 +88,7 @@ class AdversarialDetectionCallback(pl.Callback):
             gathered = {k: gather_cat(v.cpu()) for k, v in local.items()}
             order = torch.argsort(gathered["index"])
             gathered = {k: v[order] for k, v in gathered.items()}
-            metrics, roc = summarize_attack(gathered, train_margins)
+            metrics, roc = summarize_attack(gathered, train_margin)
             out[name] = {"metrics": metrics, "roc": roc, "per_sample": gathered}
         return out
 

@@ -35,9 +35,10 @@ def subset_features(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
     """Features of a fixed, seeded subset of a split: ``(FeatureSet, images)``, identical on every rank."""
     images, labels = split_tensors(trainer, split)
     index = fixed_subset(len(labels), n, seed)
-    key = (id(trainer), trainer.global_step, trainer.current_epoch, split, len(index), seed)
+    key = cache_key(trainer, split, len(index), seed)
     if key not in _CACHE:
-        _CACHE.clear()
+        for old in [k for k in _CACHE if k[:3] != key[:3]]:  # keep only this step's entries
+            del _CACHE[old]
         net = pl_module.net
         device = pl_module.device
 
@@ -62,6 +63,29 @@ def subset_features(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
         _CACHE[key] = FeatureSet(features=out["features"], logits=out["logits"], labels=labels[index].cpu(),
                                  index=index)
     return _CACHE[key], images[index]
+
+
+def cache_key(trainer: pl.Trainer, *parts) -> tuple:
+    return (id(trainer), trainer.global_step, trainer.current_epoch, *parts)
+
+
+def train_margins(trainer: pl.Trainer, pl_module: pl.LightningModule, train: FeatureSet, n: int | None,
+                  seed: int) -> torch.Tensor:
+    """Margins of the training subset, computed once per step (shared by the analysis callbacks)."""
+    key = cache_key(trainer, "train_margin", len(train), seed)
+    if key not in _CACHE:
+        from fsl.geometry import flip_margins
+
+        net = pl_module.net
+        dom = net.feature_domain
+        out = sharded(lambda rows: {"m": flip_margins(train.features[rows], net.head.weight, net.head.bias,
+                                                      dom.lower, dom.upper).margin}, len(train))
+        _CACHE[key] = out["m"]
+    return _CACHE[key]
+
+
+def remember(trainer: pl.Trainer, value, *parts) -> None:
+    _CACHE[cache_key(trainer, *parts)] = value
 
 
 def log_scalars(trainer: pl.Trainer, metrics: dict[str, float]) -> None:

@@ -6,7 +6,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from callbacks.common import is_due, log_scalars, subset_features, wandb_experiments
+from callbacks.common import is_due, log_scalars, remember, subset_features, wandb_experiments
 from fsl.analysis.geometry_study import GeometryStudy, feature_geometry_study
 
 
@@ -43,6 +43,7 @@ class FeatureGeometryCallback(pl.Callback):
         study = feature_geometry_study(train, evals, net.head.weight, net.head.bias, net.feature_domain.lower,
                                        net.feature_domain.upper, hull_kwargs=self.hull_kwargs)
         study.extras["images"] = images
+        remember(trainer, study.train_margin, "train_margin", len(train), self.seed)
         return study
 
     def _log_media(self, trainer: pl.Trainer, study: GeometryStudy) -> None:
