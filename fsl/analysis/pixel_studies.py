@@ -7,7 +7,8 @@ Studies (each switchable in ``cfg["enabled"]``):
   convex hull of the training features (Figure 5) and of the perimeter of the ball ``B(x)`` of
   radius ``d_min`` (Figure 7), with the sample itself and black/white images as references; the
   measured success rate, residuals, pixel distances and seconds per batch for flip points and hull
-  projections on the first ``n_measure`` test samples (references = the samples).
+  projections on ``n_measure`` test samples (a seeded random selection by default; references =
+  the samples).
 * ``morph`` -- morphing strip a -> b by shrinking a ball around ``N(b)`` (Figure 8) and the
   feature-space paths of the morph and of the straight pixel line, drawn with the two-point
   equidistant projection (Figures 9, 12).
@@ -58,6 +59,9 @@ DEFAULTS: dict = {
     "n_ideal": 2000,          # training images for the ideal outputs and initial images
     "ideal_steps": 100,
     "seed": 0,
+    # which test samples: "random" = a seeded permutation (unsorted, so the first n_figure are mixed
+    # classes even when the split is sorted by label, as mnist5k's is), "first" = the first rows
+    "sample_order": "random",
     "enabled": {s: True for s in STUDIES},
 }
 
@@ -371,7 +375,7 @@ def _inversion_study(ctx) -> None:
     else:
         lines.append("- perimeter of B(x): no figure sample has a finite, positive margin; skipped.")
 
-    lines += ["", f"Inversion of geometry targets, reference = the sample itself, first {n} test samples "
+    lines += ["", f"Inversion of geometry targets, reference = the sample itself, {n} test samples "
               f"(method {o['method']}, relative tolerance {o['tol']:g}, batches of {int(o['batch_size'])}; "
               "a sample without a target counts as a miss):", "",
               "| target | n | success | mean residual | median residual | max residual | mean ‖x − x_r‖ | s / batch |",
@@ -616,6 +620,20 @@ _RUNNERS = {"inversion": _inversion_study, "morph": _morph_study, "preimage": _p
             "signal": _signal_study, "selu": _selu_study, "ideal": _ideal_study}
 
 
+def _rows(result, order: torch.Tensor, n_total: int, fields):
+    """The rows ``order`` of a FlipResult/HullResult aligned with the test set (None if absent or
+    not covering the whole test set, so the targets are recomputed)."""
+    if result is None:
+        return None
+    vals = {}
+    for f in fields:
+        v = getattr(result, f, None)
+        if v is None or v.shape[0] != n_total:
+            return None
+        vals[f] = v[order.to(v.device)]
+    return SimpleNamespace(**vals)
+
+
 def pixel_space_studies(model, train_images, train_labels, test_images, test_labels, train_features, test_features,
                         out, class_names, cfg: dict, flip_result=None, hull_result=None
                         ) -> tuple[dict[str, float], list[str]]:
@@ -627,14 +645,16 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
         train_images, test_images: (N, C, H, W) float in [0, 1] (CPU); train_labels, test_labels: (N,).
         train_features, test_features: (N, f) features of the same images (rows aligned).
         out: :class:`fsl.analysis.results.ResultsDir`; figures go to ``figures/pixels_*.png``.
+            The studies use ``max(n_measure, n_figure)`` test samples, a seeded random selection
+            (``sample_order="random"``, default) or the first rows (``"first"``).
         class_names: class names (used in titles).
         cfg: plain dict (or DictConfig) of options, see :data:`DEFAULTS`; missing keys take the defaults.
             ``enabled``: {study: bool} for ``inversion, morph, preimage, signal, selu, ideal``
             (missing studies are on), or one bool for all of them.
-        flip_result: optional ``fsl.geometry.FlipResult`` of ``test_features`` (rows aligned) with
-            ``points`` (``return_points=True``); computed on the first ``n_measure`` rows when absent.
-        hull_result: optional ``fsl.geometry.HullResult`` of ``test_features`` against
-            ``train_features`` (rows aligned); computed when absent.
+        flip_result: optional ``fsl.geometry.FlipResult`` of all of ``test_features`` (rows aligned)
+            with ``points`` (``return_points=True``); computed for the selected samples when absent.
+        hull_result: optional ``fsl.geometry.HullResult`` of all of ``test_features`` against
+            ``train_features`` (rows aligned); computed for the selected samples when absent.
 
     Returns:
         ``(metrics, report_lines)``: metrics keyed without prefix (``inversion/flip/success_rate``,
@@ -643,12 +663,27 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
         "## From feature space back to pixels" section (table and figure links).
     """
     o = _options(cfg)
+    N = test_images.shape[0]
+    n_use = min(N, max(int(o["n_measure"]), int(o["n_figure"])))
+    if o["sample_order"] == "random":
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(int(o["seed"])))[:n_use]
+    elif o["sample_order"] == "first":
+        order = torch.arange(n_use)
+    else:
+        raise ValueError(f"sample_order must be 'random' or 'first', got {o['sample_order']!r}")
+    test_images, test_features = test_images[order], test_features[order]
+    test_labels = torch.as_tensor(test_labels)[order.to(torch.as_tensor(test_labels).device)]
+    flip_result = _rows(flip_result, order, N, ("points", "closest", "margin"))
+    hull_result = _rows(hull_result, order, N, ("projection", "distance"))
     ctx = SimpleNamespace(model=model, o=o, out=out, metrics={}, lines=[], figures=[],
                           train_images=train_images, train_labels=torch.as_tensor(train_labels),
                           test_images=test_images, test_labels=torch.as_tensor(test_labels),
                           train_features=train_features, test_features=test_features,
                           flip_result=flip_result, hull_result=hull_result, class_names=list(class_names))
-    lines = ["## From feature space back to pixels", ""]
+    lines = ["## From feature space back to pixels", "",
+             f"Test samples used: {n_use} of {N} ("
+             + ("a seeded random selection" if o["sample_order"] == "random" else "the first rows")
+             + f", seed {int(o['seed'])}); figures show the first {min(int(o['n_figure']), n_use)} of them.", ""]
     selu = is_selu_net(model)
     todo = []
     for name in STUDIES:
@@ -680,5 +715,5 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
     return ctx.metrics, lines
 
 
-__all__ = ["pixel_space_studies", "measure_inversions", "MeasuredInversion", "flip_targets", "hull_targets", "spectra_figure", "is_selu_net", "DEFAULTS",
-           "STUDIES"]
+__all__ = ["pixel_space_studies", "measure_inversions", "MeasuredInversion", "flip_targets", "hull_targets",
+           "spectra_figure", "is_selu_net", "DEFAULTS", "STUDIES"]
