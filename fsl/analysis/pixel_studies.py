@@ -421,6 +421,7 @@ def _morph_study(ctx) -> None:
         return
     i, j = _pick_pair(ctx)
     a, b = ctx.test_images[i].to(dev), ctx.test_images[j].to(dev)
+    ia, ib = int(ctx.order[i]), int(ctx.order[j])  # positions in the test set given to us
     m = morph(model, a, b, n_steps=int(o["morph_steps"]), **_invert_kw(o))
     ctx.out.save_figure("pixels_morph", pf.morph_strip(m))
     ctx.figures.append("pixels_morph")
@@ -428,7 +429,7 @@ def _morph_study(ctx) -> None:
     fa, fb = line.features[0].cpu(), line.features[-1].cpu()
     fig = pf.path_plot({"straight pixel line (Fig. 9)": line.features.cpu(),
                         "morph, shrinking ball around N(b) (Fig. 12)": m.features.cpu()},
-                       fa, fb, labels=(f"a (#{i})", f"b (#{j})"),
+                       fa, fb, labels=(f"a (#{ia})", f"b (#{ib})"),
                        title="feature-space paths, two-point equidistant projection")
     ctx.out.save_figure("pixels_paths", fig)
     ctx.figures.append("pixels_paths")
@@ -442,7 +443,7 @@ def _morph_study(ctx) -> None:
           "morph/pixel_line_length": float(line.length_feature),
           "morph/pixel_line_length_ratio": float(line.length_feature / max(line.chord_feature, 1e-300))}
     ctx.metrics.update(mm)
-    ctx.lines.append(f"- morphing #{i} -> #{j} ({int(m.radii.numel())} radii): {int(m.success.sum())}/"
+    ctx.lines.append(f"- morphing test #{ia} -> #{ib} ({int(m.radii.numel())} radii): {int(m.success.sum())}/"
                      f"{int(m.radii.numel())} inversions within tolerance; the image closest to a with N(x) = N(b) is "
                      f"{mm['morph/final_pixel_distance_to_a']:.2f} from a (‖a − b‖ = {pix_ab:.2f}). The straight pixel "
                      f"line a -> b is {mm['morph/pixel_line_length_ratio']:.2f}x the feature distance "
@@ -675,7 +676,7 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
     test_labels = torch.as_tensor(test_labels)[order.to(torch.as_tensor(test_labels).device)]
     flip_result = _rows(flip_result, order, N, ("points", "closest", "margin"))
     hull_result = _rows(hull_result, order, N, ("projection", "distance"))
-    ctx = SimpleNamespace(model=model, o=o, out=out, metrics={}, lines=[], figures=[],
+    ctx = SimpleNamespace(model=model, o=o, order=order, out=out, metrics={}, lines=[], figures=[],
                           train_images=train_images, train_labels=torch.as_tensor(train_labels),
                           test_images=test_images, test_labels=torch.as_tensor(test_labels),
                           train_features=train_features, test_features=test_features,
