@@ -20,8 +20,8 @@ def analyze_cfg(tmp, ckpt, out, extra=()):
     return compose_config("analyze", [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp}",
                                       "n_train=256", "n_eval=96", "pixel_hull.n_queries=24",
                                       "adversarial.n_samples=48", "device=cpu", "pixels.n_measure=6",
-                                      "pixels.n_figure=2", "pixels.batch_size=6", "+pixels.n_signal=200",
-                                      "+pixels.n_ideal=200", "+pixels.ideal_steps=10", *extra])
+                                      "pixels.n_figure=2", "pixels.batch_size=6", "pixels.n_signal=200",
+                                      "pixels.n_ideal=200", "pixels.ideal_steps=10", *extra])
 
 
 def test_analyze_writes_every_file(checkpoint, tmp_path):
