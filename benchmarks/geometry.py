@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from fsl.geometry import ball_counts, flip_margins, hull_distances, union_coverage
+from fsl.geometry import ball_counts, flip_margins, hull_distances, reference, union_coverage
 
 
 def synthetic(n_train, n_test, f, n, seed=0):
@@ -41,22 +41,7 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def cvxpy_flip(x, W, b, i, j, lo, hi):
-    import cvxpy as cp
-    n, f = W.shape
-    y = cp.Variable(f)
-    cons = [(W[i] - W[j]) @ y + (b[i] - b[j]) == 0]
-    cons += [(W[i] - W[k]) @ y + (b[i] - b[k]) >= 0 for k in range(n) if k not in (i, j)]
-    if lo is not None:
-        cons.append(y >= lo)
-    if hi is not None:
-        cons.append(y <= hi)
-    pr = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), cons)
-    pr.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10,
-             tol_infeas_abs=1e-10, tol_infeas_rel=1e-10, max_iter=500)
-    if pr.status in ("infeasible", "infeasible_inaccurate"):
-        return math.inf
-    return math.sqrt(max(pr.value, 0.0))
+cvxpy_flip = reference.flip_distance
 
 
 def cvxpylayers_flip(X, W, b, pred, lo):
@@ -93,11 +78,7 @@ def cvxpylayers_flip(X, W, b, pred, lo):
 
 
 def cvxpy_hull(q, D):
-    import cvxpy as cp
-    a = cp.Variable(D.shape[0])
-    pr = cp.Problem(cp.Minimize(cp.sum_squares(q - D.T @ a)), [a >= 0, cp.sum(a) == 1])
-    pr.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
-    return math.sqrt(max(pr.value, 0.0))
+    return math.sqrt(reference.hull_distance_squared(q, D, tol=1e-10))
 
 
 def nnls_hull(q, D, rho):

@@ -9,27 +9,12 @@ from fsl.geometry import flip_margins
 from fsl.models.base import SELU_LOWER
 
 cp = pytest.importorskip("cvxpy")
+from fsl.geometry import reference  # noqa: E402
 
 D64 = torch.float64
 
 
-def ref_flip(x, W, b, i, j, lo=None, hi=None):
-    """Reference: the same QP through cvxpy + Clarabel (tight tolerances); inf if infeasible."""
-    n, f = W.shape
-    y = cp.Variable(f)
-    cons = [(W[i] - W[j]) @ y + (b[i] - b[j]) == 0]
-    cons += [(W[i] - W[k]) @ y + (b[i] - b[k]) >= 0 for k in range(n) if k not in (i, j)]
-    if lo is not None:
-        cons.append(y >= lo)
-    if hi is not None:
-        cons.append(y <= hi)
-    pr = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), cons)
-    pr.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10,
-             tol_infeas_abs=1e-10, tol_infeas_rel=1e-10, max_iter=500)
-    if pr.status in ("infeasible", "infeasible_inaccurate"):
-        return math.inf
-    assert pr.status == "optimal", pr.status
-    return math.sqrt(max(pr.value, 0.0))
+ref_flip = reference.flip_distance
 
 
 def check_constraints(res, X, W, b, lo=None, hi=None, tol=1e-8):

@@ -7,15 +7,11 @@ import torch
 from fsl.geometry import hull_distances
 
 cp = pytest.importorskip("cvxpy")
+from fsl.geometry import reference  # noqa: E402
 D64 = torch.float64
 
 
-def ref_hull2(q, D):
-    """Reference squared distance (cvxpy + Clarabel, tight tolerances)."""
-    a = cp.Variable(D.shape[0])
-    pr = cp.Problem(cp.Minimize(cp.sum_squares(q - D.T @ a)), [a >= 0, cp.sum(a) == 1])
-    pr.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
-    return max(pr.value, 0.0)
+ref_hull2 = reference.hull_distance_squared
 
 
 def verify(res, Q, D, tol=1e-6):
