@@ -4,6 +4,8 @@
     python benchmarks/geometry.py --quick    # small sizes
     python benchmarks/geometry.py --features feats.pt   # real features: dict with train_features,
         # train_labels, test_features, test_labels, weight, bias, lower (optional upper)
+    python benchmarks/geometry.py --checkpoint runs/x/checkpoints/last.ckpt --save-features feats.pt
+        # real features of a trained model (all of its train and test split), saved for --features
 
 References (on a random subset, per-QP time extrapolated to the full size and labelled so):
 cvxpy + Clarabel for the margins and the hull, cvxpylayers for the margins, scipy NNLS with the
@@ -33,6 +35,26 @@ def synthetic(n_train, n_test, f, n, seed=0):
     b = -0.125 * (centers ** 2).sum(1) + 0.1 * torch.randn(n, generator=g)
     return dict(train_features=X[:n_train], train_labels=y[:n_train], test_features=X[n_train:],
                 test_labels=y[n_train:], weight=W, bias=b, lower=0.0, upper=None)
+
+
+def features_from_checkpoint(path, batch_size=1000):
+    """The dict ``--features`` reads, from a checkpoint: every train and test image through the model."""
+    from fsl.analysis.features import extract_features
+    from fsl.data import create_datamodule
+    from fsl.training.checkpoint import load_model
+
+    model, hp = load_model(path)
+    dm = create_datamodule(**hp["data"])
+    dm.setup()
+    out = {}
+    for split in ("train", "test"):
+        x, y = dm.tensors(split)
+        fs = extract_features(model, x, y, batch_size=batch_size, progress=True, desc=f"{split} features")
+        out[f"{split}_features"], out[f"{split}_labels"] = fs.features, fs.labels
+    dom = model.feature_domain
+    out.update(weight=model.head.weight.detach().clone(), bias=model.head.bias.detach().clone(),
+               lower=dom.lower, upper=dom.upper, source=f"{hp['model']['name']} on {hp['data']['name']} ({path})")
+    return out
 
 
 def timed(fn):
@@ -93,6 +115,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--features", help="torch.save'd dict of real features (see module doc)")
+    ap.add_argument("--checkpoint", help="extract real features from this checkpoint (train and test split)")
+    ap.add_argument("--save-features", help="with --checkpoint: also torch.save the features here")
     ap.add_argument("--n-margin", type=int, default=60000, help="samples for the margins")
     ap.add_argument("--n-train", type=int, default=50000, help="training points for the hull")
     ap.add_argument("--n-query", type=int, default=10000, help="hull queries")
@@ -113,9 +137,14 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
-    if args.features:
+    if args.checkpoint:
+        data = features_from_checkpoint(args.checkpoint)
+        if args.save_features:
+            torch.save(data, args.save_features)
+        src = f"real features of {data['source']}"
+    elif args.features:
         data = torch.load(args.features, map_location="cpu")
-        src = f"real features {args.features}"
+        src = f"real features {data.get('source', args.features)}"
     else:
         n_tr = max(args.n_train, args.n_margin, args.n_ball)
         data = synthetic(n_tr, args.n_query, args.dim, args.classes)

@@ -1,9 +1,10 @@
 """fsl.geometry balls / union / ambiguity / lipschitz / FeatureGeometry."""
 import math
 
+import pytest
 import torch
 
-from fsl.geometry import (FeatureGeometry, ambiguity, ball_counts, flip_margins, hull_distances,
+from fsl.geometry import (FeatureGeometry, ambiguity, ball_counts, flip_margins, hull_distances, region_labels,
                           lipschitz, union_coverage)
 
 D64 = torch.float64
@@ -94,3 +95,89 @@ def test_feature_geometry_report():
     assert st["hull/certified_frac"] == 1.0 and st["margin/certified_frac"] == 1.0
     assert 0.0 <= st["hull/support_label_agreement"] <= 1.0
     assert math.isclose(st["lipschitz"], float(torch.linalg.matrix_norm(W, 2)))
+
+
+def test_float32_filter_band_is_decided_in_float64():
+    # points at relative distance 1 -+ 1e-7 from the sphere: inside the float32 filter's band,
+    # exactly decidable in float64
+    g = torch.Generator().manual_seed(3)
+    C = torch.randn(50, 32, generator=g, dtype=D64) + 5.0
+    r = torch.rand(50, generator=g, dtype=D64) + 0.5
+    u = torch.nn.functional.normalize(torch.randn(50, 6, 32, generator=g, dtype=D64), dim=2)
+    scale = torch.tensor([1 - 1e-7, 1 + 1e-7, 1 - 1e-9, 1 + 1e-9, 1 - 1e-12, 1.0], dtype=D64)
+    P = (C[:, None, :] + u * (r[:, None, None] * scale[None, :, None])).reshape(-1, 32)
+    got = ball_counts(C, r, P, exclude_self=False)
+    assert torch.equal(got, brute_counts(C, r, P))
+    assert (got >= 1).all()  # the 1 - 1e-7 point of its own centre is always inside
+    X = P[::3]
+    d2 = ((X[:, None] - C[None]) ** 2).sum(2)
+    assert torch.equal(union_coverage(X, C, r), (d2 < (r * r)[None]).any(1))
+
+
+def test_float64_filter_when_float32_matmul_is_reduced(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    P = torch.randn(400, 10, generator=g, dtype=D64)
+    r = torch.rand(400, generator=g, dtype=D64) * 2
+    ref = brute_counts(P, r, P, torch.arange(400))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # TF32/bf16 allowed: the filter switches to float64
+        assert torch.equal(ball_counts(P, r, P), ref)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(ball_counts(P, r, P), ref)
+
+
+def _head_problem(seed, N=600, f=8, n=4):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(n, f, generator=g, dtype=D64) * 3
+    y = torch.randint(0, n, (N,), generator=g)
+    X = torch.relu(centers[y] + torch.randn(N, f, generator=g, dtype=D64))
+    W = centers - centers.mean(0)
+    b = -0.5 * (centers ** 2).sum(1)
+    return X, W, b
+
+
+def test_region_pruning_matches_brute_force():
+    X, W, b = _head_problem(5)
+    # a point on a boundary (exact tie of classes 0 and 1) and a point outside the domain
+    a = W[0] - W[1]
+    X[0] = torch.relu(X[0])
+    X[0] = X[0] - ((X[0] @ a + b[0] - b[1]) / (a @ a)) * a
+    X[1, 0] = -0.5
+    reg = region_labels(X, W, b, lower=0.0)
+    assert reg[0] == -1 and reg[1] == -1
+    z = X @ W.T + b
+    assert torch.equal(reg[2:], z.argmax(1)[2:])
+    r = flip_margins(X, W, b, lower=0.0).margin
+    r[5] = float("inf")  # an unbounded ball counts every compatible point
+    ref = brute_counts(X, r, X, torch.arange(len(X)))
+    ref[5] = int((reg[5] == reg).sum() + (reg < 0).sum() - 1)
+    got = ball_counts(X, r, X, center_regions=reg, point_regions=reg, chunk_q=64, chunk_n=100)
+    assert torch.equal(got, ref)
+    assert int(got.sum()) > 0
+    # exclude_self by index, with balls around a subset and points = all
+    sub = torch.arange(0, 600, 7)
+    got = ball_counts(X[sub], r[sub], X, exclude_self=sub, center_regions=reg[sub], point_regions=reg)
+    assert torch.equal(got, ref[sub])
+    # union of the training balls for new queries
+    Xq, _, _ = _head_problem(6, N=300)
+    rq = r.clone()
+    rq[5] = 1.0
+    regq = region_labels(Xq, W, b, lower=0.0)
+    d2 = ((Xq[:, None] - X[None]) ** 2).sum(2)
+    assert torch.equal(union_coverage(Xq, X, rq, regq, reg), (d2 < (rq * rq)[None]).any(1))
+
+
+def test_ball_inputs_are_checked():
+    P = torch.randn(10, 3, dtype=D64)
+    bad = P.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ball_counts(bad, torch.ones(10, dtype=D64), P)
+    with pytest.raises(ValueError, match="NaN"):
+        union_coverage(bad, P, torch.ones(10, dtype=D64))
+    with pytest.raises(ValueError, match="radii"):
+        ball_counts(P, torch.ones(3, dtype=D64), P)
+    with pytest.raises(ValueError, match="both"):
+        ball_counts(P, torch.ones(10, dtype=D64), P, center_regions=torch.zeros(10))

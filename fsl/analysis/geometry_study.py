@@ -60,7 +60,7 @@ def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor,
         hull_kwargs: passed to :func:`fsl.geometry.hull_distances`.
         hull_projections: also classify the hull projections (accuracy on projections).
     """
-    from fsl.geometry import ball_counts, flip_margins, hull_distances, lipschitz, union_coverage
+    from fsl.geometry import ball_counts, flip_margins, hull_distances, lipschitz, region_labels, union_coverage
 
     evals.check_finite("evaluation features")
     train.check_finite("training features")
@@ -99,17 +99,23 @@ def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor,
 
     # balls B(x) of radius d_min around every evaluation and every training sample; points = both sets
     all_points = torch.cat([Ftr, Fev])
+    # a ball of radius d_min lies in its centre's decision region: pairs of two regions are skipped
+    regions = region_labels(all_points, W, b, lower, upper)
+    reg_tr, reg_ev = regions[:len(Ftr)], regions[len(Ftr):]
 
     def balls_fn(F: Tensor, radii: Tensor, offset: int):
         def fn(rows: Tensor) -> dict[str, Tensor]:
             # the centre itself is one of the points (row offset + i): it is not an "other" sample
-            counts = ball_counts(F[rows.to(dev)], radii[rows].to(dev), all_points, exclude_self=(rows + offset).to(dev))
+            rows_d = rows.to(dev)
+            counts = ball_counts(F[rows_d], radii[rows].to(dev), all_points, exclude_self=rows_d + offset,
+                                 center_regions=regions[rows_d + offset], point_regions=regions)
             return {"count": counts.cpu()}
         return fn
 
     tr_balls = sharded(balls_fn(Ftr, tr["margin"], 0), len(Ftr))
     ev_balls = sharded(balls_fn(Fev, ev["margin"], len(Ftr)), len(Fev))
-    union = sharded(lambda rows: {"inside": union_coverage(Fev[rows.to(dev)], Ftr, tr["margin"].to(dev))}, len(Fev))
+    union = sharded(lambda rows: {"inside": union_coverage(Fev[rows.to(dev)], Ftr, tr["margin"].to(dev),
+                                                           reg_ev[rows.to(dev)], reg_tr)}, len(Fev))
 
     margin, hulld = ev["margin"].double(), hull["hull"].double()
     amb = margin - hulld

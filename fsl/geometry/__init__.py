@@ -2,18 +2,19 @@
 
 * :func:`flip_margins` — closest points on every decision boundary of the predicted class (A1);
 * :func:`hull_distances` — projection onto the convex hull of a point set (A3);
-* :func:`ball_counts`, :func:`union_coverage`, :func:`lipschitz` — guaranteed balls (A2);
+* :func:`ball_counts`, :func:`union_coverage`, :func:`region_labels`, :func:`lipschitz` — guaranteed
+  balls (A2);
 * :func:`ambiguity` — ``d_min - d_h`` (A4);
 * :class:`FeatureGeometry` — every statistic of A2-A4 as a plain dict.
 
 See ``docs/geometry.md`` for the math, the algorithms and the certificates.
 """
 from .analysis import FeatureGeometry, GeometryReport
-from .balls import ambiguity, ball_counts, lipschitz, union_coverage
+from .balls import ambiguity, ball_counts, lipschitz, region_labels, union_coverage
 from .flip import FlipResult, flip_margins
 from .hull import HullResult, hull_distances
 
 __all__ = [
     "FlipResult", "flip_margins", "HullResult", "hull_distances", "ball_counts",
-    "union_coverage", "ambiguity", "lipschitz", "FeatureGeometry", "GeometryReport",
+    "union_coverage", "region_labels", "ambiguity", "lipschitz", "FeatureGeometry", "GeometryReport",
 ]

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .balls import ambiguity, ball_counts, lipschitz, union_coverage
+from .balls import ambiguity, ball_counts, lipschitz, region_labels, union_coverage
 from .flip import flip_margins
 from .hull import hull_distances
 
@@ -112,15 +112,18 @@ class FeatureGeometry:
             tidx = tidx.to(dev)
             trf = self.margins(self.train[tidx], **(flip_kw or {}))
             _describe("train_margin", trf.margin, st)
-            cnt = ball_counts(self.train[tidx], trf.margin, self.train,
-                              exclude_self=tidx)
+            # balls of radius d_min stay in their centre's decision region: prune by region
+            reg_tr = region_labels(self.train, self.weight, self.bias, self.lower, self.upper)
+            reg_q = region_labels(Xq, self.weight, self.bias, self.lower, self.upper)
+            cnt = ball_counts(self.train[tidx], trf.margin, self.train, exclude_self=tidx,
+                              center_regions=reg_tr[tidx], point_regions=reg_tr)
             st["ball/frac_with_other"] = float((cnt > 0).float().mean())
             st["ball/mean_count"] = float(cnt.float().mean())
             st["ball/max_count"] = int(cnt.max()) if cnt.numel() else 0
             st["ball/num_centers"] = int(tidx.numel())
-            cov = union_coverage(Xq, self.train[tidx], trf.margin)
+            cov = union_coverage(Xq, self.train[tidx], trf.margin, reg_q, reg_tr[tidx])
             st["ball/union_coverage"] = float(cov.float().mean())
-            tc = ball_counts(Xq, fr.margin, Xq, exclude_self=True)
+            tc = ball_counts(Xq, fr.margin, Xq, exclude_self=True, center_regions=reg_q, point_regions=reg_q)
             st["ball/test/frac_with_other"] = float((tc > 0).float().mean())
             st["ball/test/mean_count"] = float(tc.float().mean())
             st["ball/test/max_count"] = int(tc.max()) if tc.numel() else 0

@@ -1,26 +1,310 @@
 """Guaranteed balls (DESIGN A2): counts of points strictly inside, union coverage, Lipschitz.
 
-Exactness: squared distances are computed with the expansion ``|c|^2 + |p|^2 - 2 c·p`` in one
-chunked matrix product (float64), whose rounding error is bounded by
-``err = 4 (f + 2) eps (|c|^2 + |p|^2)``.  Every pair with ``|expansion - r^2| <= err`` is a
-*borderline* pair and is decided again from the direct float64 difference ``sum((c - p)^2)``
-(error ``~ f eps |c - p|^2``, exact for the strict inequality up to that rounding), so the counts
-do not depend on the cancellation in the expansion.
+Every decision ``||a - b||^2 < rho`` is the float64 test ``sum((a - b)^2) < rho`` (the *direct*
+test; the brute-force reference).  To get there fast, all pairs first go through one matrix
+product in float32 (a *filter*):
+
+    m = s_b - 2 a·b   compared with   t_a,     where  ||a - b||^2 < rho  <=>  m < t
+
+(ball counts: ``s_b = |b|^2``, ``t_a = r_a^2 - |a|^2``; union: ``s_b = |b|^2 - r_b^2``,
+``t_a = -|a|^2``).  The float32 result has a rigorous error bound
+``E = (f + 8) u (2 |a| |b| + |s_b|)`` (``u = 2^-24``: rounding of the inputs to float32, the
+``f``-term dot product in any summation order, the final addition), so ``m < t - E`` is surely
+inside and ``m >= t + E`` surely outside; only the pairs in between (a thin band, typically
+far below 0.1% of the pairs) are decided by the direct float64 test.  The counts are therefore
+exactly those of the float64 brute force, at the speed of a float32 GEMM.  When float32 matrix
+products may run in reduced precision (TF32/bf16: ``torch.get_float32_matmul_precision() !=
+"highest"`` or ``torch.backends.cuda.matmul.allow_tf32``), the filter runs in float64 instead.
+
+Pruning by decision region: a ball of radius at most the flip margin of its centre ``c`` (the
+guaranteed ball) holds, within the feature domain, only points whose prediction is the class
+of ``c`` (possibly tied): a point of another region on the ball's inside would put a boundary
+point on the segment to ``c`` closer than the margin.  :func:`region_labels` labels points by
+predicted class, with ``-1`` for near-ties and points outside the domain; ``ball_counts`` and
+``union_coverage`` given such labels skip every pair of two different non-negative labels.
 """
 from __future__ import annotations
 
 import torch
 
+from ._common import as_box
+
 Tensor = torch.Tensor
 
-_EPS64 = float(torch.finfo(torch.float64).eps)
+
+def _filter_dtype(device: torch.device) -> torch.dtype:
+    """float32 when float32 matrix products are exact IEEE float32 on ``device``, else float64."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return torch.float64
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return torch.float64
+    return torch.float32
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x).all(1)).sum())
+        raise ValueError(f"{name}: {bad} row(s) contain NaN/inf; the geometry of non-finite features is "
+                         f"undefined (check the model and the inputs, e.g. FeatureSet.check_finite)")
+
+
+def _as_radii(radii, q: int, device) -> Tensor:
+    r = torch.as_tensor(radii, device=device).detach().to(torch.float64).reshape(-1)
+    if r.numel() == 1 and q != 1:
+        r = r.expand(q)
+    if r.numel() != q:
+        raise ValueError(f"radii: expected {q} values (one per ball), got {r.numel()}")
+    return r
+
+
+def _as_groups(groups, n: int, device, name: str) -> Tensor | None:
+    if groups is None:
+        return None
+    g = torch.as_tensor(groups, device=device).reshape(-1).to(torch.long)
+    if g.numel() != n:
+        raise ValueError(f"{name}: expected {n} labels, got {g.numel()}")
+    return g
+
+
+def _blocks(row_groups: Tensor | None, col_groups: Tensor | None, nrow: int, ncol: int, device):
+    """``(rows, cols)`` index pairs covering every pair whose labels are compatible."""
+    if row_groups is None or col_groups is None:
+        yield torch.arange(nrow, device=device), torch.arange(ncol, device=device)
+        return
+    wild_c = col_groups < 0
+    for g in torch.unique(row_groups).tolist():
+        rows = torch.nonzero(row_groups == g).squeeze(1)
+        cols = torch.arange(ncol, device=device) if g < 0 else torch.nonzero((col_groups == g) | wild_c).squeeze(1)
+        if rows.numel() and cols.numel():
+            yield rows, cols
+
+
+def _compatible(row_groups: Tensor | None, col_groups: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor:
+    if row_groups is None or col_groups is None:
+        return torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+    gr, gc = row_groups[rows], col_groups[cols]
+    return (gr < 0) | (gc < 0) | (gr == gc)
+
+
+def _direct_inside(A: Tensor, B: Tensor, rho: Tensor) -> Tensor:
+    """The float64 reference test ``sum((a - b)^2) < rho`` row by row."""
+    return ((A - B) ** 2).sum(1) < rho
+
+
+def _filtered_pairs(A: Tensor, B: Tensor, s: Tensor, t: Tensor, chunk_q: int, chunk_n: int, dtype):
+    """Chunks of the low-precision filter ``m = s_b - 2 a·b`` against ``t_a``.
+
+    Yields ``(q0, n0, M, lo, hi)``: ``M`` (rows, cols) in ``dtype``; ``lo``/``hi`` (rows, 1) such that
+    ``M < lo`` implies ``m < t`` and ``M >= hi`` implies ``m >= t`` in exact arithmetic.
+    """
+    f = A.shape[1]
+    u = float(torch.finfo(dtype).eps) / 2
+    kappa = (f + 8) * u * 1.01
+    e64 = 8.0 * float(torch.finfo(torch.float64).eps)  # rounding of t and s themselves (float64)
+    an = A.norm(dim=1)
+    bn = B.norm(dim=1)
+    t_err = e64 * (t.abs() + an * an)
+    Al = A.to(dtype)
+    Bl = (-2.0 * B).to(dtype)
+    sl = s.to(dtype)
+    for q0 in range(0, A.shape[0], chunk_q):
+        Aq, tq, anq = Al[q0:q0 + chunk_q], t[q0:q0 + chunk_q], an[q0:q0 + chunk_q]
+        for n0 in range(0, B.shape[0], chunk_n):
+            sn, bmax = s[n0:n0 + chunk_n], bn[n0:n0 + chunk_n].max()
+            smax = sn.abs().max()
+            E = kappa * (2.0 * anq * bmax + smax) + t_err[q0:q0 + chunk_q] + e64 * (smax + bmax * bmax)
+            lo, hi = tq - E, tq + E
+            # rounding lo / hi to the filter's precision must not move them inwards
+            lo = (lo - 2 * u * lo.abs()).to(dtype)[:, None]
+            hi = (hi + 2 * u * hi.abs()).to(dtype)[:, None]
+            M = torch.addmm(sl[n0:n0 + chunk_n][None, :], Aq, Bl[n0:n0 + chunk_n].T)
+            yield q0, n0, M, lo, hi
+
+
+def _default_chunks(device: torch.device, chunk_q, chunk_n) -> tuple[int, int]:
+    if device.type == "cuda":
+        return chunk_q or 4096, chunk_n or 32768
+    return chunk_q or 512, chunk_n or 4096  # cache-sized blocks: larger ones are slower on the CPU
+
+
+def region_labels(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upper=None,
+                  rel_tol: float = 1e-6) -> Tensor:
+    """Decision region of each feature for the pruning of :func:`ball_counts` / :func:`union_coverage`.
+
+    Args:
+        features: ``(N, f)``; weight ``(n, f)``, bias ``(n,)``: the head; lower/upper: the domain.
+        rel_tol: a prediction whose two largest logits differ by at most ``rel_tol * (1 + max |z|)``
+            is a near-tie (it may sit on a boundary within the solvers' tolerances).
+
+    Returns: ``(N,)`` int64, the predicted class, or ``-1`` for near-ties and for features outside
+    the domain (such points are compared with every ball).
+    """
+    X = features.detach().to(torch.float64)
+    W = weight.detach().to(X.device, torch.float64)
+    b = bias.detach().to(X.device, torch.float64)
+    z = torch.addmm(b, X, W.T)
+    pred = z.argmax(1)
+    if z.shape[1] > 1:
+        top2 = z.topk(2, dim=1).values
+        tie = (top2[:, 0] - top2[:, 1]) <= rel_tol * (1.0 + z.abs().amax(1))
+    else:
+        tie = torch.zeros_like(pred, dtype=torch.bool)
+    lo, hi = as_box(lower, upper, X.shape[1], torch.float64, X.device)
+    outside = ((X < lo) | (X > hi)).any(1)
+    return torch.where(tie | outside | ~torch.isfinite(z).all(1), torch.full_like(pred, -1), pred)
+
+
+def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=True,
+                center_regions: Tensor | None = None, point_regions: Tensor | None = None,
+                chunk_q: int | None = None, chunk_n: int | None = None) -> Tensor:
+    """Number of ``points`` strictly inside each ball ``||p - c|| < r`` (float64 decisions).
+
+    Args:
+        centers: ``(Q, f)``; radii: ``(Q,)`` or a scalar (``inf`` counts every point, ``nan`` or
+            ``<= 0`` counts none); points: ``(N, f)``.
+        exclude_self: ``True``: when ``points`` is ``centers`` (the same tensor, or an equal one),
+            point ``q`` is not counted in ball ``q`` (other exact duplicates are counted);
+            a ``(Q,)`` long tensor: index of the point to exclude for each center (-1 = none);
+            ``False``: count everything.
+        center_regions, point_regions: optional ``(Q,)`` / ``(N,)`` labels from
+            :func:`region_labels`.  Pass them only for balls that lie in their centre's decision
+            region (radius at most the flip margin): pairs with two different non-negative labels
+            are then skipped without a test.
+        chunk_q, chunk_n: block sizes (default 512 x 4096 on the CPU, 4096 x 32768 on CUDA).
+
+    Returns: ``(Q,)`` int64.
+    """
+    dev = centers.device
+    C = centers.detach().to(torch.float64)
+    P = points.detach().to(device=dev, dtype=torch.float64)
+    if C.ndim != 2 or P.ndim != 2 or C.shape[1] != P.shape[1]:
+        raise ValueError(f"expected centers (Q, f) and points (N, f), got {tuple(C.shape)} and {tuple(P.shape)}")
+    _check_finite("ball_counts centers", C)
+    _check_finite("ball_counts points", P)
+    Qn, N = C.shape[0], P.shape[0]
+    r = _as_radii(radii, Qn, dev)
+    selfidx = _self_index(exclude_self, centers, points)
+    cg = _as_groups(center_regions, Qn, dev, "center_regions")
+    pg = _as_groups(point_regions, N, dev, "point_regions")
+    if (cg is None) != (pg is None):
+        raise ValueError("pass both center_regions and point_regions, or neither")
+    chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
+    dtype = _filter_dtype(dev)
+
+    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
+    counts = torch.zeros(Qn, dtype=torch.long, device=dev)
+    everything = torch.isinf(r2)
+    nothing = r2 < 0
+    if bool(everything.any()):  # infinite radius: every compatible point
+        rows = torch.nonzero(everything).squeeze(1)
+        if cg is None:
+            counts[rows] = N
+        else:
+            per = torch.bincount(pg[pg >= 0], minlength=int(max(cg.max(), pg.max(), 0)) + 1)
+            wild = int((pg < 0).sum())
+            g = cg[rows]
+            counts[rows] = torch.where(g < 0, torch.full_like(g, N), per[g.clamp_min(0)] + wild)
+    live = torch.nonzero(~everything & ~nothing).squeeze(1)
+    if live.numel() and N:
+        pn = (P * P).sum(1)
+        lg = cg[live] if cg is not None else None
+        for rows_l, cols in _blocks(lg, pg, live.numel(), N, dev):
+            rows = live[rows_l]
+            Cb, Pb = C[rows], P[cols]
+            t = r2[rows] - (Cb * Cb).sum(1)
+            out = torch.zeros(rows.numel(), dtype=torch.long, device=dev)
+            for q0, n0, M, lo, hi in _filtered_pairs(Cb, Pb, pn[cols], t, chunk_q, chunk_n, dtype):
+                sure = (M < lo).sum(1, dtype=torch.int32)
+                maybe = (M < hi).sum(1, dtype=torch.int32)
+                out[q0:q0 + M.shape[0]] += sure.long()
+                band_rows = torch.nonzero(maybe > sure).squeeze(1)
+                if band_rows.numel():
+                    Mb = M[band_rows]
+                    bi, bj = torch.nonzero((Mb >= lo[band_rows]) & (Mb < hi[band_rows]), as_tuple=True)
+                    qi = band_rows[bi] + q0
+                    ok = _direct_inside(Cb[qi], Pb[bj + n0], r2[rows][qi])
+                    out.index_add_(0, qi, ok.long())
+            counts[rows] += out
+    if selfidx is not None:  # remove the excluded point where it was counted
+        q = torch.nonzero(selfidx >= 0).squeeze(1)
+        q = q[~nothing[q]]
+        if q.numel():
+            p = selfidx[q]
+            if bool((p >= N).any()):
+                raise ValueError(f"exclude_self: index out of range for {N} points")
+            counted = _compatible(cg, pg, q, p) & (everything[q] | _direct_inside(C[q], P[p], r2[q]))
+            counts[q] -= counted.long()
+    return counts
+
+
+def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, query_regions: Tensor | None = None,
+                   center_regions: Tensor | None = None, chunk_q: int | None = None,
+                   chunk_n: int | None = None) -> Tensor:
+    """``(Q,)`` bool: the query lies strictly inside at least one ball ``||q - c_k|| < r_k``.
+
+    ``query_regions`` / ``center_regions``: optional labels from :func:`region_labels` (see
+    :func:`ball_counts`; valid for balls of radius at most their centre's flip margin).
+    """
+    dev = queries.device
+    X = queries.detach().to(torch.float64)
+    C = centers.detach().to(device=dev, dtype=torch.float64)
+    if X.ndim != 2 or C.ndim != 2 or X.shape[1] != C.shape[1]:
+        raise ValueError(f"expected queries (Q, f) and centers (K, f), got {tuple(X.shape)} and {tuple(C.shape)}")
+    _check_finite("union_coverage queries", X)
+    _check_finite("union_coverage centers", C)
+    K = C.shape[0]
+    r = _as_radii(radii, K, dev)
+    qg = _as_groups(query_regions, X.shape[0], dev, "query_regions")
+    cg = _as_groups(center_regions, K, dev, "center_regions")
+    if (qg is None) != (cg is None):
+        raise ValueError("pass both query_regions and center_regions, or neither")
+    chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
+    dtype = _filter_dtype(dev)
+    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
+    out = torch.zeros(X.shape[0], dtype=torch.bool, device=dev)
+    valid = r2 >= 0
+    inf_b = torch.isinf(r2)
+    if bool(inf_b.any()):  # an infinite ball covers every compatible query
+        if qg is None:
+            out[:] = True
+        else:
+            gs = cg[inf_b]
+            out |= (qg < 0) | (gs < 0).any() | torch.isin(qg, gs)
+    keep = torch.nonzero(valid & ~inf_b).squeeze(1)
+    if keep.numel() == 0:
+        return out
+    C, r2 = C[keep], r2[keep]
+    cg = cg[keep] if cg is not None else None
+    s = (C * C).sum(1) - r2
+    for rows, cols in _blocks(qg, cg, X.shape[0], C.shape[0], dev):
+        rows = rows[~out[rows]]
+        if rows.numel() == 0:
+            continue
+        Xb, Cb, r2b = X[rows], C[cols], r2[cols]
+        t = -(Xb * Xb).sum(1)
+        cov = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
+        for q0, n0, M, lo, hi in _filtered_pairs(Xb, Cb, s[cols], t, chunk_q, chunk_n, dtype):
+            cq = cov[q0:q0 + M.shape[0]]
+            cq |= (M < lo).any(1)
+            band_rows = torch.nonzero((M < hi).any(1) & ~cq).squeeze(1)
+            if band_rows.numel():
+                Mb = M[band_rows]
+                bi, bj = torch.nonzero((Mb >= lo[band_rows]) & (Mb < hi[band_rows]), as_tuple=True)
+                qi = band_rows[bi] + q0
+                ok = _direct_inside(Xb[qi], Cb[bj + n0], r2b[bj + n0])
+                cov[qi[ok]] = True
+        out[rows] |= cov
+    return out
 
 
 def _self_index(exclude_self, centers: Tensor, points: Tensor) -> Tensor | None:
     if exclude_self is False or exclude_self is None:
         return None
     if isinstance(exclude_self, Tensor):
-        return exclude_self.to(device=centers.device, dtype=torch.long)
+        idx = exclude_self.to(device=centers.device, dtype=torch.long).reshape(-1)
+        if idx.numel() != centers.shape[0]:
+            raise ValueError(f"exclude_self: expected {centers.shape[0]} indices (one per center), got {idx.numel()}")
+        return idx
     same = points is centers or (
         points.shape == centers.shape and points.device == centers.device
         and points.data_ptr() == centers.data_ptr())
@@ -29,90 +313,6 @@ def _self_index(exclude_self, centers: Tensor, points: Tensor) -> Tensor | None:
     if not same:
         return None
     return torch.arange(centers.shape[0], device=centers.device)
-
-
-def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=True,
-                chunk_q: int = 4096, chunk_n: int = 16384) -> Tensor:
-    """Number of ``points`` strictly inside each ball ``||p - c|| < r``.
-
-    Args:
-        centers: ``(Q, f)``; radii: ``(Q,)`` (``inf`` counts every point, ``nan`` or ``<= 0``
-            counts none); points: ``(N, f)``.
-        exclude_self: ``True``: when ``points`` is ``centers`` (the same tensor, or an equal one),
-            point ``q`` is not counted in ball ``q`` (other exact duplicates are counted);
-            a ``(Q,)`` long tensor: index of the point to exclude for each center (-1 = none);
-            ``False``: count everything.
-
-    Returns: ``(Q,)`` int64.
-    """
-    dev = centers.device
-    C = centers.detach().to(torch.float64)
-    P = points.detach().to(device=dev, dtype=torch.float64)
-    r = torch.as_tensor(radii, device=dev).detach().to(torch.float64).reshape(-1)
-    if r.numel() == 1 and C.shape[0] != 1:
-        r = r.expand(C.shape[0])
-    Qn, f = C.shape
-    selfidx = _self_index(exclude_self, centers, points)
-    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
-    cn = (C * C).sum(1)
-    pn = (P * P).sum(1)
-    counts = torch.zeros(Qn, dtype=torch.long, device=dev)
-    k = 4.0 * (f + 2) * _EPS64
-    for q0 in range(0, Qn, chunk_q):
-        Cq, r2q, cnq = C[q0:q0 + chunk_q], r2[q0:q0 + chunk_q], cn[q0:q0 + chunk_q]
-        for n0 in range(0, P.shape[0], chunk_n):
-            Pn, pnn = P[n0:n0 + chunk_n], pn[n0:n0 + chunk_n]
-            d2 = torch.addmm(cnq[:, None] + pnn[None, :], Cq, Pn.T, beta=1.0, alpha=-2.0)
-            err = k * (cnq[:, None] + pnn[None, :])
-            diff = d2 - r2q[:, None]
-            inside = diff < -err
-            border = diff.abs() <= err
-            if selfidx is not None:
-                si = selfidx[q0:q0 + chunk_q] - n0
-                ok = (si >= 0) & (si < Pn.shape[0])
-                rows = torch.nonzero(ok).squeeze(1)
-                inside[rows, si[rows]] = False
-                border[rows, si[rows]] = False
-            cnt = inside.sum(1)
-            if bool(border.any()):
-                bi, bj = torch.nonzero(border, as_tuple=True)
-                exact = ((Cq[bi] - Pn[bj]) ** 2).sum(1) < r2q[bi]
-                cnt.index_add_(0, bi, exact.to(torch.long))
-            counts[q0:q0 + Cq.shape[0]] += cnt
-    return counts
-
-
-def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, chunk_q: int = 4096,
-                   chunk_n: int = 16384) -> Tensor:
-    """``(Q,)`` bool: the query lies strictly inside at least one ball ``||q - c_k|| < r_k``."""
-    dev = queries.device
-    X = queries.detach().to(torch.float64)
-    C = centers.detach().to(device=dev, dtype=torch.float64)
-    r = torch.as_tensor(radii, device=dev).detach().to(torch.float64).reshape(-1)
-    if r.numel() == 1 and C.shape[0] != 1:
-        r = r.expand(C.shape[0])
-    f = X.shape[1]
-    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
-    xn = (X * X).sum(1)
-    cn = (C * C).sum(1)
-    k = 4.0 * (f + 2) * _EPS64
-    out = torch.zeros(X.shape[0], dtype=torch.bool, device=dev)
-    for q0 in range(0, X.shape[0], chunk_q):
-        Xq, xnq = X[q0:q0 + chunk_q], xn[q0:q0 + chunk_q]
-        cov = torch.zeros(Xq.shape[0], dtype=torch.bool, device=dev)
-        for n0 in range(0, C.shape[0], chunk_n):
-            Cn, cnn, r2n = C[n0:n0 + chunk_n], cn[n0:n0 + chunk_n], r2[n0:n0 + chunk_n]
-            d2 = torch.addmm(xnq[:, None] + cnn[None, :], Xq, Cn.T, beta=1.0, alpha=-2.0)
-            err = k * (xnq[:, None] + cnn[None, :])
-            diff = d2 - r2n[None, :]
-            cov |= (diff < -err).any(1)
-            border = (diff.abs() <= err) & ~cov[:, None]
-            if bool(border.any()):
-                bi, bj = torch.nonzero(border, as_tuple=True)
-                exact = ((Xq[bi] - Cn[bj]) ** 2).sum(1) < r2n[bj]
-                cov.index_put_((bi[exact],), torch.ones_like(bi[exact], dtype=torch.bool))
-        out[q0:q0 + Xq.shape[0]] = cov
-    return out
 
 
 def ambiguity(margin: Tensor, hull_distance: Tensor) -> Tensor:

@@ -98,9 +98,18 @@ def _residuals(y: Tensor, W: Tensor, b: Tensor, pi: Tensor) -> tuple[Tensor, Ten
     return zi - z, 1.0 + z.abs().amax(1)
 
 
-def _farkas(d: Tensor, pi: Tensor, W: Tensor, cfull: Tensor, lo: Tensor, hi: Tensor,
+def _box_parts(lo: Tensor, hi: Tensor) -> tuple[Tensor, ...]:
+    """Per-coordinate pieces of the box that :func:`_farkas` needs, computed once."""
+    lo_inf, hi_inf = torch.isinf(lo), torch.isinf(hi)
+    lo_fin = torch.where(lo_inf, torch.zeros_like(lo), lo)
+    hi_fin = torch.where(hi_inf, torch.zeros_like(hi), hi)
+    return lo_inf, hi_inf, lo_fin, hi_fin, torch.maximum(lo_fin.abs(), hi_fin.abs())
+
+
+def _farkas(d: Tensor, pi: Tensor, W: Tensor, cfull: Tensor, box: tuple[Tensor, ...],
             Wnorm: float, tol: float) -> Tensor:
     """Verify the infeasibility certificate ``d`` (M, n); returns (M,) bool."""
+    lo_inf, hi_inf, lo_fin, hi_fin, mabs = box
     dn = d.abs().amax(1, keepdim=True).clamp_min(1e-300)
     d = d / dn
     nu = -d
@@ -109,20 +118,12 @@ def _farkas(d: Tensor, pi: Tensor, W: Tensor, cfull: Tensor, lo: Tensor, hi: Ten
     vt = 1e-12 * Wnorm * d.abs().sum(1, keepdim=True)
     pos = v > vt
     neg = v < -vt
-    hi_b = hi.expand_as(v)
-    lo_b = lo.expand_as(v)
-    bad = (pos & torch.isinf(hi_b)) | (neg & torch.isinf(lo_b))
-    zero = torch.zeros((), dtype=v.dtype, device=v.device)
-    contrib = torch.where(pos, v * torch.where(torch.isinf(hi_b), zero, hi_b), zero)
-    contrib = contrib + torch.where(neg, v * torch.where(torch.isinf(lo_b), zero, lo_b), zero)
-    # tiny entries: add their worst case over finite bounds (|v| * max(|lo|, |hi|))
-    small = ~(pos | neg)
-    m = torch.maximum(torch.where(torch.isinf(lo_b), zero, lo_b.abs()),
-                      torch.where(torch.isinf(hi_b), zero, hi_b.abs()))
-    contrib = contrib + torch.where(small, v.abs() * m, zero)
+    bad = (pos & hi_inf).any(1) | (neg & lo_inf).any(1)
+    # sup over the box of v·y; entries below vt count with their worst case over finite bounds
+    contrib = torch.where(pos, v * hi_fin, torch.where(neg, v * lo_fin, v.abs() * mabs))
     sigma = contrib.sum(1) + (d * cfull).sum(1)
     scale = 1.0 + (d.abs() * cfull.abs()).sum(1)
-    return (~bad.any(1)) & (sigma < -tol * scale)
+    return (~bad) & (sigma < -tol * scale)
 
 
 def _one_constraint(x: Tensor, a: Tensor, c: Tensor, lo: Tensor, hi: Tensor, max_iter: int) -> Tensor:
@@ -150,7 +151,7 @@ def _one_constraint(x: Tensor, a: Tensor, c: Tensor, lo: Tensor, hi: Tensor, max
     return t
 
 
-def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
+def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts, Wd2):
     """Projected semismooth Newton (primal-dual active set) on the dual for pairs (M,)."""
     M, f = x.shape
     n = W.shape[0]
@@ -161,11 +162,11 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
     eqm = ar[None, :] == pj[:, None]
     ineq = (ar[None, :] != pj[:, None]) & (ar[None, :] != pi[:, None])
     # PDAS scaling: mu has units of r / ||a||^2
-    an2 = ((W[pi][:, None, :] - W[None, :, :]) ** 2).sum(2)
+    an2 = Wd2[pi]
     # rows with w_k == w_i have a zero norm: floor the scale so the steps stay defined
     an2 = torch.maximum(an2, (1e-12 * an2.amax(1, keepdim=True)).clamp_min(1e-30))
     cs = 1.0 / an2.clamp_min(1e-300)
-    eye = torch.eye(n, dtype=dt, device=dev)
+    box = _box_parts(lo, hi)
 
     out_y = torch.full((M, f), float("nan"), dtype=dt, device=dev)
     out_d = torch.full((M,), float("nan"), dtype=dt, device=dev)
@@ -173,6 +174,7 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
     out_inf = torch.zeros(M, dtype=torch.bool, device=dev)
     out_mu = mu.clone()
     live = torch.arange(M, device=dev)
+    damped = torch.zeros(M, dtype=torch.bool, device=dev)  # pairs whose plain Newton step failed once
     iters = 0
     step = None
     for it in range(opts["max_iter"] + 1):
@@ -194,15 +196,15 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         dlb = (d2 - comp).clamp_min(0).sqrt()
         ok = (feas <= opts["feas_tol"] * scale) & ((dub - dlb).abs() <= opts["gap_tol"] * (1.0 + dub))
         inf_ok = torch.zeros_like(ok)
-        big = m_.abs().amax(1) > 0
+        big = m_.abs().amax(1) > 0 if it > 0 else torch.zeros_like(ok)
         if bool(big.any()):
             cand = torch.nonzero(~ok & big).squeeze(1)
             if cand.numel():
                 cf_c = cfull[live][cand]
-                inf_ok[cand] = _farkas(m_[cand], pi_l[cand], W, cf_c, lo, hi, Wnorm, opts["farkas_tol"])
+                inf_ok[cand] = _farkas(m_[cand], pi_l[cand], W, cf_c, box, Wnorm, opts["farkas_tol"])
                 if step is not None:  # the last step also points along a diverging dual
                     st = torch.where(ineq[live][cand], step[cand].clamp_min(0), step[cand])
-                    inf_ok[cand] |= _farkas(st, pi_l[cand], W, cf_c, lo, hi, Wnorm, opts["farkas_tol"])
+                    inf_ok[cand] |= _farkas(st, pi_l[cand], W, cf_c, box, Wnorm, opts["farkas_tol"])
         fin = ok | inf_ok
         last = it == opts["max_iter"]
         if bool(fin.any()) or last:
@@ -222,6 +224,7 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         live = live[keep]
         mu, z, r = m_[keep], z[keep], r[keep]
         step = step[keep] if step is not None else None
+        damped = damped[keep]
         pi_l, eq_l, in_l = pi_l[keep], eq_l[keep], in_l[keep]
         Ml = live.numel()
         if Ml == 0:
@@ -243,7 +246,14 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         H = G - Gi[:, :, None] - Gi[:, None, :] + Gii[:, :, None]
         actf = act.to(dt)
         na = 1.0 - actf
-        wrel = (w / (1.0 + mu.abs().amax(1, keepdim=True))).clamp(1e-12, 1e-4)
+        # Levenberg-style damping proportional to the projected gradient.  A plain Newton step
+        # (damping at rounding level) converges in one or two steps when the active set is right;
+        # pairs whose plain step was rejected (singular A P A^T: more active rows than free
+        # coordinates) and slow pairs switch to damping up to 1e-4.
+        wrel = w / (1.0 + mu.abs().amax(1, keepdim=True))
+        if it >= 3:
+            damped = torch.ones_like(damped)
+        wrel = torch.where(damped[:, None], wrel.clamp(1e-12, 1e-4), wrel.clamp(1e-16, 1e-14))
         Hs = H * (actf[:, :, None] * actf[:, None, :]) + torch.diag_embed(na + actf * an2[live] * wrel)
         dN, info = torch.linalg.solve_ex(Hs, (-r * actf)[:, :, None])
         dN = torch.where((info != 0)[:, None] | ~torch.isfinite(dN.squeeze(2)), -cs_l * r, dN.squeeze(2))
@@ -272,6 +282,7 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
         ok1 = trial(full[:, None, :], allr, x_l, pi_l)[:, 0]
         newmu = torch.where(ok1[:, None], full, mu)
         anyok = ok1.clone()
+        damped = damped | ~ok1
         rej = torch.nonzero(~ok1).squeeze(1)
         if rej.numel():
             K = opts["ls_steps"]
@@ -295,9 +306,9 @@ def _newton(x, pi, pj, W, b, lo, hi, mu, O, Wnorm, opts):
 
 def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upper=None,
                  return_points: bool = False, dtype: torch.dtype = torch.float64,
-                 chunk_size: int = 256, max_iter: int = 100, feas_tol: float = 1e-11,
+                 chunk_size: int | None = None, max_iter: int = 100, feas_tol: float = 1e-11,
                  gap_tol: float = 1e-9, farkas_tol: float = 1e-12, ls_steps: int = 16,
-                 newton_chunk: int = 65536) -> FlipResult:
+                 newton_chunk: int | None = None) -> FlipResult:
     """Exact distances from each feature to every decision boundary of its predicted class.
 
     Args:
@@ -306,7 +317,9 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
         lower, upper: feature domain, scalars or ``(f,)`` tensors, ``None`` = unbounded.
         return_points: also return the flip points ``(B, n, f)`` and the multipliers.
         dtype: computation dtype (float64 default).
-        chunk_size: samples per batch (bounds memory; all pairs of a chunk are one batch).
+        chunk_size: samples per batch of the first stages (all pairs of a chunk are one batch);
+            default 1024 on the CPU (cache-sized: larger is slower there), 16384 on CUDA.
+        newton_chunk: pairs per batch of the Newton stage; default 8192 on the CPU, 65536 on CUDA.
         max_iter: Newton iterations for the pairs not solved by the one-constraint stage.
         feas_tol: primal feasibility tolerance, relative to ``1 + max_k |z_k(y)|``.
         gap_tol: duality-gap tolerance on the distance, relative to ``1 + distance``.
@@ -320,8 +333,12 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
         raise ValueError("expected features (B, f), weight (n, f), bias (n,)")
     B, f = X.shape
     n = W.shape[0]
+    cuda = dev.type == "cuda"
+    chunk_size = chunk_size or (16384 if cuda else 1024)
+    newton_chunk = newton_chunk or (65536 if cuda else 8192)
     lo, hi = as_box(lower, upper, f, dtype, dev)
     O = (W.T[:, :, None] * W.T[:, None, :]).reshape(f, n * n)
+    Wd2 = ((W[:, None, :] - W[None, :, :]) ** 2).sum(2)  # ||w_i - w_k||^2, (n, n)
     Wnorm = float(W.abs().max()) if W.numel() else 1.0
     opts = dict(ls_steps=ls_steps, max_iter=max_iter, feas_tol=feas_tol, gap_tol=gap_tol, farkas_tol=farkas_tol)
 
@@ -451,7 +468,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
             qs, qj, qi = hs[sl_], hj[sl_], hi_[sl_]
             mu0 = torch.zeros((qs.numel(), n), dtype=dtype, device=dev)
             mu0[torch.arange(qs.numel(), device=dev), qj] = hm[sl_]
-            yN, dN, cN, iN, muN, its = _newton(X[qs], qi, qj, W, b, lo, hi, mu0, O, Wnorm, opts)
+            yN, dN, cN, iN, muN, its = _newton(X[qs], qi, qj, W, b, lo, hi, mu0, O, Wnorm, opts, Wd2)
             stats["newton_iterations"] = max(stats["newton_iterations"], its)
             stats["infeasible"] += int(iN.sum())
             dist[qs, qj] = dN
