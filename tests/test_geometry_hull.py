@@ -109,3 +109,20 @@ def test_two_d_square():
     assert torch.allclose(res.distance, torch.tensor([1.0, 0.0, math.sqrt(2), math.sqrt(5)], dtype=D64), atol=1e-12)
     assert torch.allclose(res.projection[0], torch.tensor([1.0, 0.5], dtype=D64), atol=1e-12)
     assert set(res.support_index[0][res.support_index[0] >= 0].tolist()) == {1, 3}
+
+
+def test_float32_pricing_ties_fall_back_to_float64():
+    # the 64 vertices of a cube in 6-d: a query straight out of a facet has 32 tied maximisers
+    # of u·d, more than k_check=4 near-maximisers, so the pricing must fall back to float64
+    import itertools
+    D = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6)), dtype=D64) * 3.0 + 10.0
+    Q = torch.full((3, 6), 11.5, dtype=D64)
+    Q[0, 0] = 15.0  # outside, projection on the facet x0 = 13: distance 2
+    Q[1, :2] = 14.0  # outside along an edge direction: distance sqrt(2)
+    # Q[2] is the cube's centre: inside
+    res = hull_distances(Q, D, pricing_dtype=torch.float32, k_check=4)
+    ref = hull_distances(Q, D, pricing_dtype=torch.float64)
+    verify(res, Q, D)
+    assert torch.allclose(res.distance, torch.tensor([2.0, 2.0 ** 0.5, 0.0], dtype=D64), atol=1e-6)
+    assert torch.allclose(res.distance, ref.distance, atol=1e-12)
+    assert torch.allclose(res.gap, ref.gap, atol=1e-12)

@@ -151,34 +151,59 @@ def _restricted_solve(E: Tensor, valid: Tensor, a: Tensor, max_iter: int, add_pe
     return a, it
 
 
-def _price(U: Tensor, Dc: Tensor, k: int, chunk_n: int, pdtype: torch.dtype):
-    """For each row u of U: max_k u·d_k (float64) and the top-k indices (Q,), (Q, k)."""
-    Q = U.shape[0]
-    N = Dc.shape[0]
-    best_v = None
-    best_i = None
-    Up = U.to(pdtype)
-    for n0 in range(0, N, chunk_n):
-        Dn = Dc[n0:n0 + chunk_n]
-        s = Up @ (Dn.T if Dn.dtype == pdtype else Dn.to(pdtype).T)
-        kk = min(k, s.shape[1])
-        v, i = torch.topk(s, kk, dim=1)
-        i = i + n0
-        if best_v is None:
-            best_v, best_i = v, i
-        else:
-            cv = torch.cat([best_v, v], 1)
-            ci = torch.cat([best_i, i], 1)
-            best_v, j = torch.topk(cv, min(k, cv.shape[1]), dim=1)
-            best_i = ci.gather(1, j)
-    return best_v, best_i
+def _topk_merge(best, v, i, k):
+    if best is None:
+        return v, i
+    cv, ci = torch.cat([best[0], v], 1), torch.cat([best[1], i], 1)
+    vv, j = torch.topk(cv, min(k, cv.shape[1]), dim=1)
+    return vv, ci.gather(1, j)
+
+
+def _price_exact(U: Tensor, Dc: Tensor, k: int, chunk_n: int):
+    """For each row u of U: the top-k values of u·d_k over all points and their indices, in U's dtype."""
+    best = None
+    for n0 in range(0, Dc.shape[0], chunk_n):
+        s = U @ Dc[n0:n0 + chunk_n].T
+        v, i = torch.topk(s, min(k, s.shape[1]), dim=1)
+        best = _topk_merge(best, v, i + n0, k)
+    return best
+
+
+def _price(U: Tensor, Dc: Tensor, Dl: Tensor | None, dnorm: float, k: int, k_check: int, chunk_n: int):
+    """``max_k u·d_k`` (exact in float64: the certificate) and the top-k points, for each row u of U.
+
+    With a low-precision copy ``Dl`` of the points, the pass runs in that precision: every
+    ``|fl(u·d) - u·d| <= E = (f + 4) u_32 |u| max|d|``, so the true maximiser is among the points
+    scoring at least ``max fl(u·d) - 2E``.  The best ``k_check`` low-precision scores are recomputed
+    in float64; a query with more than ``k_check`` such near-maximisers gets a float64 pass.
+
+    Returns ``(vmax (Q,), vtop (Q, k), itop (Q, k))`` with float64 values.
+    """
+    if Dl is None:
+        vtop, itop = _price_exact(U, Dc, k, chunk_n)
+        return vtop[:, 0], vtop, itop
+    f = U.shape[1]
+    unit = float(torch.finfo(Dl.dtype).eps) / 2
+    kc = min(max(k, k_check), Dc.shape[0])
+    vl, il = _price_exact(U.to(Dl.dtype), Dl, kc, chunk_n)
+    E = (f + 4) * unit * 1.01 * U.norm(dim=1) * dnorm
+    exact = (Dc[il] * U[:, None, :]).sum(2)  # (Q, kc) recomputed in float64
+    vmax = exact.amax(1)
+    # the kc-th low-precision score must fall below the near-max band, else points may be missing
+    unsure = vl[:, -1].to(U.dtype) >= vl[:, 0].to(U.dtype) - 2.0 * E - 4 * unit * vl[:, 0].abs().to(U.dtype)
+    if kc < Dc.shape[0] and bool(unsure.any()):
+        rows = torch.nonzero(unsure).squeeze(1)
+        v64, i64 = _price_exact(U[rows], Dc, kc, chunk_n)
+        exact[rows], il[rows], vmax[rows] = v64, i64, v64[:, 0]
+    vtop, j = torch.topk(exact, min(k, kc), dim=1)
+    return vmax, vtop, il.gather(1, j)
 
 
 def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: int = 8,
                    k_add: int = 8, max_rounds: int = 100, max_working: int | None = None,
                    chunk_q: int = 2048, chunk_n: int = 16384, dtype: torch.dtype = torch.float64,
                    pricing_dtype: torch.dtype | None = None, inner_max_iter: int = 500,
-                   add_per_iter: int = 2) -> HullResult:
+                   add_per_iter: int = 2, k_check: int = 32) -> HullResult:
     """Distance from each query to the convex hull of ``points``, with a certified gap.
 
     Args:
@@ -189,8 +214,14 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
         max_working: cap on the working-set size (default ``f + 1 + k_add``... at least 64).
         chunk_q, chunk_n: query / point chunk sizes of the pricing matmul (memory
             ``chunk_q * chunk_n`` scores).
-        dtype: computation dtype (float64).  pricing_dtype: dtype of the candidate-selection
-            matmul (default ``dtype``); the gap that certifies is always recomputed in ``dtype``.
+        dtype: computation dtype (float64).
+        pricing_dtype: dtype of the pricing pass over all points (default float32 where float32
+            matrix products are IEEE float32, i.e. ``torch.get_float32_matmul_precision() ==
+            "highest"`` and no TF32; else ``dtype``).  The certificate stays exact: the rounding
+            of the pass is bounded and every point that could be the maximiser within that bound
+            is rescored in ``dtype`` (see :func:`_price`).
+        k_check: low-precision scores rescored per query and pass (more near-maximisers than this
+            trigger a pass in ``dtype`` for that query).
     """
     dev = queries.device
     Dp = points.detach().to(device=dev, dtype=dtype)
@@ -199,7 +230,11 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
         raise ValueError("expected queries (Q, f) and points (N, f)")
     N, f = Dp.shape
     Qn = Qx.shape[0]
-    pdtype = pricing_dtype or dtype
+    if pricing_dtype is None:  # float32 pricing only where float32 products are IEEE float32
+        exact32 = torch.get_float32_matmul_precision() == "highest" and not (
+            dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+        pricing_dtype = torch.float32 if (exact32 and dtype == torch.float64) else dtype
+    pdtype = pricing_dtype
     if max_working is None:
         max_working = max(64, min(N, f + 1 + 2 * k_add))
     max_working = min(max_working, N)
@@ -211,8 +246,9 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     R = float(((Dc ** 2).sum(1).mean()).sqrt()) if N else 1.0
     R = R if R > 0 else 1.0
     floor2 = (1e-3 * R) ** 2
-    Dcp = Dc.to(pdtype) if pdtype != dtype else Dc
+    Dl = Dc.to(pdtype) if pdtype != dtype else None
     dn2 = (Dc ** 2).sum(1)
+    dnorm = float(dn2.max().sqrt()) if N else 0.0
     Daug = torch.cat([Dc, dn2[:, None]], 1).to(pdtype)  # 2 q·d - |d|^2 in one product
 
     out_p = torch.empty((Qn, f), dtype=dtype, device=dev)
@@ -267,15 +303,7 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
             p = ql + (a[:, :, None] * E).sum(1)  # centered coordinates
             u = ql - p
             # pricing: max_k u·d_k in float64 for the certificate, top k_add as candidates
-            if pdtype == dtype:
-                vtop, itop = _price(u, Dc, k_add, chunk_n, dtype)
-                vmax = vtop[:, 0]
-            else:
-                vtop, itop = _price(u, Dcp, max(k_add, 4), chunk_n, pdtype)
-                # recompute the candidates exactly; certify with a float64 max over all points
-                vtop = (Dc[itop] * u[:, None, :]).sum(2)
-                vmax = _price(u, Dc, 1, chunk_n, dtype)[0][:, 0]
-                stats["pricing_passes"] += 1
+            vmax, vtop, itop = _price(u, Dc, Dl, dnorm, k_add, k_check, chunk_n)
             stats["pricing_passes"] += 1
             up = (u * p).sum(1)
             gap = (2.0 * (vmax - up)).clamp_min(0)
