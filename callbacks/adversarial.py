@@ -51,7 +51,7 @@ class AdversarialDetectionCallback(pl.Callback):
             self._log_media(trainer)
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
-        from fsl.adversarial.evaluate import FeatureGeometry, evaluate_attack, summarize_attack
+        from fsl.adversarial.evaluate import DistanceFunctions, evaluate_attack, summarize_attack
         from fsl.adversarial.detection import fit_mahalanobis
         from fsl.geometry import flip_margins
 
@@ -60,9 +60,9 @@ class AdversarialDetectionCallback(pl.Callback):
         evals, images = subset_features(trainer, pl_module, "val", self.n_samples, self.seed + 2)
         dom = net.feature_domain
         w, b = net.head.weight.detach().cpu(), net.head.bias.detach().cpu()
-        geom = FeatureGeometry(
+        geom = DistanceFunctions(
             margin_fn=lambda f: flip_margins(f.cpu(), w, b, dom.lower, dom.upper).margin,
-            hull_fn=FeatureGeometry.from_model(net, train.features.double()).hull_fn)
+            hull_fn=DistanceFunctions.from_model(net, train.features.double()).hull_fn)
         train_margin = train_margins(trainer, pl_module, train, self.n_train, self.seed)
         maha = fit_mahalanobis(train.features, train.labels, num_classes=net.num_classes)
         # Chunks of the sample list, not single samples, are dealt out to the ranks, and each chunk's

@@ -6,7 +6,7 @@ import torch
 
 from fsl.adversarial.attacks import run_attack, select_correct
 from fsl.adversarial.detection import detection_metrics, margin_score
-from fsl.adversarial.evaluate import FeatureGeometry, evaluate_attack
+from fsl.adversarial.evaluate import DistanceFunctions, evaluate_attack
 from fsl.models import create_model
 
 
@@ -197,7 +197,7 @@ def closed_form_geometry(model, train_features):
     def hull_fn(f):
         return torch.cdist(f.double(), train_features.double()).amin(1)
 
-    return FeatureGeometry(margin_fn, hull_fn)
+    return DistanceFunctions(margin_fn, hull_fn)
 
 
 def test_evaluate_attack_end_to_end(trained):
@@ -246,7 +246,7 @@ def test_evaluate_attack_with_fsl_geometry_margins(trained):
     def exact_margin(f):
         return geometry.flip_margins(f, model.head.weight, model.head.bias, dom.lower, dom.upper).margin
 
-    geo = FeatureGeometry(exact_margin, approx.hull_fn)
+    geo = DistanceFunctions(exact_margin, approx.hull_fn)
     met, ps, _ = evaluate_attack(model, Xte[:60], yte[:60], ftr, ytr, "deepfool_batched", geo, box_aware=True,
                                  train_margins=exact_margin(ftr[:500]))
     # the hyperplane formula is a lower bound of the exact margin

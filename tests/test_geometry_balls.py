@@ -65,7 +65,7 @@ def test_ambiguity_and_lipschitz():
     assert torch.equal(ambiguity(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 3.0])), torch.tensor([0.5, -1.0]))
 
 
-def test_feature_geometry_report():
+def test_feature_geometry_study_numbers():
     g = torch.Generator().manual_seed(2)
     n, f = 4, 6
     centers = torch.rand(n, f, generator=g, dtype=D64) * 3
@@ -76,25 +76,43 @@ def test_feature_geometry_report():
     W = centers - centers.mean(0)
     b = -0.5 * (centers ** 2).sum(1) + 0.5 * (centers.mean(0) ** 2).sum()
     geo = FeatureGeometry(Xtr, ytr, W, b, lower=0.0)
-    rep = geo.analyze(Xte, yte, max_queries=40, max_train_balls=200)
-    st = rep.stats
-    for key in ["margin/mean", "margin/median", "margin/q05", "hull/frac_outside", "hull/distance_median",
-                "frac_hull_lt_margin", "ball/frac_with_other", "ball/mean_count", "ball/max_count",
-                "ball/union_coverage", "hull/support_label_agreement", "hull/projection_accuracy",
-                "lipschitz", "accuracy", "ambiguity/median"]:
-        assert key in st and isinstance(st[key], (int, float)), key
-    assert all(isinstance(v, (int, float)) for v in st.values())
-    ps = rep.per_sample
+    study = geo.analyze(Xte, yte, max_queries=40, max_train=300)
+    st, ps = study.metrics, study.per_sample
+    assert all(isinstance(v, float) for v in st.values())
     idx = ps["index"]
-    assert idx.numel() == 40
-    fr = flip_margins(Xte[idx], W, b, lower=0.0)
-    hr = hull_distances(Xte[idx], Xtr)
-    assert torch.allclose(ps["margin"], fr.margin) and torch.allclose(ps["hull_distance"], hr.distance)
+    assert idx.numel() == 40 and torch.equal(idx, idx.sort().values)
+    tidx = torch.randperm(400, generator=_after_draw(60))[:300].sort().values
+    Xq, yq, Xt, yt = Xte[idx], yte[idx], Xtr[tidx], ytr[tidx]
+    fr = flip_margins(Xq, W, b, lower=0.0)
+    ft = flip_margins(Xt, W, b, lower=0.0)
+    hr = hull_distances(Xq, Xt)
+    assert torch.allclose(ps["margin"], fr.margin) and torch.allclose(ps["hull"], hr.distance)
     assert torch.allclose(ps["ambiguity"], fr.margin - hr.distance)
-    assert st["frac_hull_lt_margin"] == float((hr.distance < fr.margin).float().mean())
+    assert torch.allclose(study.train_margin, ft.margin)
+    assert st["frac_hull_lt_margin"] == float((hr.distance < fr.margin).double().mean())
+    assert st["acc"] == float((fr.pred == yq).double().mean())
     assert st["hull/certified_frac"] == 1.0 and st["margin/certified_frac"] == 1.0
+    assert st["margin/median"] == float(fr.margin.median())
+    # balls over train + analysed test points, centres excluded; union of the train balls
+    pts = torch.cat([Xt, Xq])
+    radii = torch.cat([ft.margin, fr.margin])
+    ref = brute_counts(pts, radii, pts, torch.arange(len(pts)))
+    assert torch.equal(ps["ball_count"], ref[300:])
+    assert st["ball/mean_count"] == float(ref.double().mean())
+    assert st["ball/frac_with_other_train"] == float((ref[:300] > 0).double().mean())
+    d2 = ((Xq[:, None] - Xt[None]) ** 2).sum(2)
+    assert torch.equal(ps["in_train_union"], (d2 < (ft.margin ** 2)[None]).any(1))
+    proj_pred = (hr.projection @ W.T + b).argmax(1)
+    assert st["hull/projection_acc"] == float((proj_pred == yq).double().mean())
     assert 0.0 <= st["hull/support_label_agreement"] <= 1.0
     assert math.isclose(st["lipschitz"], float(torch.linalg.matrix_norm(W, 2)))
+
+
+def _after_draw(n):
+    """A generator seeded like FeatureGeometry.analyze's, after its first draw of randperm(n)."""
+    g = torch.Generator().manual_seed(0)
+    torch.randperm(n, generator=g)
+    return g
 
 
 def test_float32_filter_band_is_decided_in_float64():

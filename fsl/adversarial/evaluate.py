@@ -19,7 +19,7 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class FeatureGeometry:
+class DistanceFunctions:
     """The two feature-space distances the detection needs, as functions of ``(B, f)`` features.
 
     Attributes:
@@ -35,7 +35,7 @@ class FeatureGeometry:
     hull_fn: Callable[[Tensor], Tensor]
 
     @classmethod
-    def from_model(cls, model: nn.Module, train_features: Tensor, **hull_kwargs) -> "FeatureGeometry":
+    def from_model(cls, model: nn.Module, train_features: Tensor, **hull_kwargs) -> "DistanceFunctions":
         """``fsl.geometry.flip_margins`` with the model's head and feature domain, and
         ``fsl.geometry.hull_distances`` against ``train_features`` (imported when first called)."""
         head = model.head
@@ -78,7 +78,7 @@ def _cpu64(t: Tensor) -> Tensor:
 
 
 def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_features: Tensor,
-                    train_labels: Tensor, attack: str = "deepfool", geometry: FeatureGeometry | None = None, *,
+                    train_labels: Tensor, attack: str = "deepfool", geometry: DistanceFunctions | None = None, *,
                     train_margins: Tensor | None = None, mahalanobis: Mahalanobis | None = None,
                     only_correct: bool = True, batch_size: int | None = 256, seed: int | None = 0,
                     fpr: float = 0.05, **attack_params) -> AttackEvaluation:
@@ -91,7 +91,7 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         train_labels: ``(N,)``.
         attack: ``"deepfool"`` | ``"deepfool_batched"`` | ``"pgd"``; ``**attack_params`` override
             its defaults (see :func:`fsl.adversarial.attacks.run_attack`).
-        geometry: margin and hull-distance functions; default ``FeatureGeometry.from_model``.
+        geometry: margin and hull-distance functions; default ``DistanceFunctions.from_model``.
         train_margins: ``(N,)`` margins of the clean training samples for the rule (computed with
             ``geometry.margin_fn(train_features)`` when omitted: pass them to reuse across attacks).
         mahalanobis: a fitted :class:`Mahalanobis` (fitted on the training features when omitted).
@@ -119,7 +119,7 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
     * ``roc``: ``{score: {"fpr", "tpr", "thresholds", "auroc", ...}}`` numpy arrays.
     """
     if geometry is None:
-        geometry = FeatureGeometry.from_model(model, train_features)
+        geometry = DistanceFunctions.from_model(model, train_features)
     labels = torch.as_tensor(labels)
     with attack_context(model):  # eval mode, grads available; restored on exit
         with torch.no_grad():

@@ -112,9 +112,9 @@ def analyze(cfg) -> AnalysisResult:
     acfg = cfg.get("adversarial") or {}
     if acfg.get("enabled", True):
         from fsl.adversarial import evaluate_attack
-        from fsl.adversarial.evaluate import FeatureGeometry
+        from fsl.adversarial.evaluate import DistanceFunctions
 
-        geom = FeatureGeometry.from_model(model, train.features.double(), **dict(cfg.get("hull") or {}))
+        geom = DistanceFunctions.from_model(model, train.features.double(), **dict(cfg.get("hull") or {}))
         a_idx = torch.arange(len(idx_te))[: acfg.get("n_samples") or None]
         for name, params in (acfg.get("attacks") or {}).items():
             params = dict(params or {})
