@@ -13,7 +13,9 @@ Working-set (fully corrective Frank-Wolfe) method, all queries batched:
 3. *Pricing*: one matrix product over all ``N`` points (chunked) gives, for ``u = q - p``,
    ``max_k u·d_k``; the Frank-Wolfe gap ``gap = 2 (max_k u·d_k - u·p)`` bounds
    ``||q - p||^2 - d*^2`` from above (a certificate), and the best ``k_add`` points join ``S``.
-   Points with zero weight leave ``S``.  Repeat until certified.
+   Points with zero weight leave ``S``.  Repeat until certified.  The pass runs in float32 where
+   float32 products are exact IEEE float32; its rounding is bounded and every possible maximiser
+   is rescored in float64, so the gap is exactly the float64 one (see :func:`_price`).
 
 Certificate: ``relative_gap = gap / max(||q - p||^2, (1e-3 R)^2)`` where ``R`` is the RMS
 distance of the points to their centroid; ``certified`` means
