@@ -18,3 +18,27 @@ def synthetic_overrides(tmp_path: Path, epochs: int = 2, extra=()) -> list[str]:
 
 def synthetic_config(tmp_path: Path, epochs: int = 2, extra=()):
     return compose_config("train", synthetic_overrides(tmp_path, epochs, extra))
+
+
+def train_selu_mlp(X, y, hidden, epochs: int, lr: float, X_held, y_held, min_acc: float, batch: int = 100):
+    """A ``selu_mlp`` trained with Adam on ``(X, y)`` for a few seconds (fixed seed), in eval mode;
+    fails the test when the held-out accuracy stays below ``min_acc``."""
+    import torch
+
+    from fsl.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("selu_mlp", hidden=tuple(hidden))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for s in range(0, X.shape[0], batch):
+            loss = torch.nn.functional.cross_entropy(model(X[s:s + batch]), y[s:s + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(X_held).argmax(1) == y_held).float().mean().item()
+    assert acc > min_acc, f"fixture model did not train (held-out accuracy {acc:.3f})"
+    return model

@@ -10,7 +10,9 @@ from fsl.inversion import (invert_to_features, jacobian_null_space, level_set_wa
                            null_space_directions, null_step_response, pixel_line_feature_path,
                            two_point_equidistant)
 from fsl.data import mnist5k_tensors
-from fsl.models import SELU_LOWER, create_model
+from fsl.models import SELU_LOWER
+
+from tests.helpers import train_selu_mlp
 
 
 def _digits():
@@ -20,23 +22,10 @@ def _digits():
 @pytest.fixture(scope="module")
 def trained():
     """(model, images, labels): SeluMLP 784-128-64-32-10, 8 epochs of Adam on 4,000 digits."""
-    torch.manual_seed(0)
     X, y = _digits()
     perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))
     X, y = X[perm], y[perm]
-    model = create_model("selu_mlp", hidden=(128, 64, 32))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(8):
-        for s in range(0, 4000, 100):
-            loss = torch.nn.functional.cross_entropy(model(X[s:s + 100]), y[s:s + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    opt.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad():
-        acc = (model(X[4000:]).argmax(1) == y[4000:]).float().mean().item()
-    assert acc > 0.85, f"fixture model did not train (held-out accuracy {acc:.3f})"
+    model = train_selu_mlp(X[:4000], y[:4000], (128, 64, 32), 8, 1e-3, X[4000:], y[4000:], 0.85)
     model.train()  # the solvers must switch to eval themselves and restore this
     return model, X, y
 

@@ -14,6 +14,8 @@ from fsl.analysis.results import ResultsDir
 from fsl.data import mnist5k_tensors
 from fsl.models import create_model
 
+from tests.helpers import train_selu_mlp
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 SMALL = {"n_figure": 2, "n_measure": 4, "batch_size": 2, "al_iter": 3, "al_inner_steps": 20, "max_iter": 10,
@@ -36,21 +38,9 @@ def _features(model, x):
 
 @pytest.fixture(scope="module")
 def selu_setup():
-    torch.manual_seed(0)
     X, y = _digits()
     Xtr, ytr, Xte, yte = X[:1500], y[:1500], X[4000:4100], y[4000:4100]
-    model = create_model("selu_mlp", hidden=(64, 32))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(4):
-        for s in range(0, 1500, 100):
-            loss = torch.nn.functional.cross_entropy(model(Xtr[s:s + 100]), ytr[s:s + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(Xte).argmax(1) == yte).float().mean().item()
-    assert acc > 0.8, f"fixture model did not train (held-out accuracy {acc:.3f})"
+    model = train_selu_mlp(Xtr, ytr, (64, 32), 4, 2e-3, Xte, yte, 0.8)
     return model, Xtr, ytr, Xte, yte, _features(model, Xtr), _features(model, Xte)
 
 
