@@ -115,15 +115,16 @@ def _after_draw(n):
     return g
 
 
-def test_float32_filter_band_is_decided_in_float64():
+@pytest.mark.parametrize("f", [32, 784])
+def test_float32_filter_band_is_decided_in_float64(f):
     # points at relative distance 1 -+ 1e-7 from the sphere: inside the float32 filter's band,
-    # exactly decidable in float64
+    # exactly decidable in float64 (f = 784: pixel space, a wider band)
     g = torch.Generator().manual_seed(3)
-    C = torch.randn(50, 32, generator=g, dtype=D64) + 5.0
+    C = torch.randn(50, f, generator=g, dtype=D64) + 5.0
     r = torch.rand(50, generator=g, dtype=D64) + 0.5
-    u = torch.nn.functional.normalize(torch.randn(50, 6, 32, generator=g, dtype=D64), dim=2)
+    u = torch.nn.functional.normalize(torch.randn(50, 6, f, generator=g, dtype=D64), dim=2)
     scale = torch.tensor([1 - 1e-7, 1 + 1e-7, 1 - 1e-9, 1 + 1e-9, 1 - 1e-12, 1.0], dtype=D64)
-    P = (C[:, None, :] + u * (r[:, None, None] * scale[None, :, None])).reshape(-1, 32)
+    P = (C[:, None, :] + u * (r[:, None, None] * scale[None, :, None])).reshape(-1, f)
     got = ball_counts(C, r, P, exclude_self=False)
     assert torch.equal(got, brute_counts(C, r, P))
     assert (got >= 1).all()  # the 1 - 1e-7 point of its own centre is always inside
