@@ -37,6 +37,12 @@ def verify(res, Q, D, tol=1e-6):
     assert K >= 1
 
 
+def assert_matches_cvxpy(res, Q, D, rows, atol=1e-8):
+    """Squared distances of ``rows`` agree with cvxpy + Clarabel to ``atol``."""
+    for k in rows:
+        assert abs(float(res.distance[k]) ** 2 - ref_hull2(Q[k].numpy(), D.numpy())) <= atol, k
+
+
 @pytest.mark.parametrize("f,N", [(5, 40), (16, 60), (64, 120), (30, 12)])
 def test_matches_cvxpy(f, N):
     g = torch.Generator().manual_seed(f * 1000 + N)
@@ -65,8 +71,7 @@ def test_query_equal_to_point_and_duplicates():
     res = hull_distances(Q, D)
     verify(res, Q, D)
     assert float(res.distance[0]) <= 1e-12 and float(res.distance[1]) <= 1e-12
-    for k in range(2, 5):
-        assert abs(float(res.distance[k]) ** 2 - ref_hull2(Q[k].numpy(), D.numpy())) <= 1e-8
+    assert_matches_cvxpy(res, Q, D, range(2, 5))
 
 
 def test_f_greater_than_n_and_n_greater_than_f():
@@ -76,16 +81,14 @@ def test_f_greater_than_n_and_n_greater_than_f():
     Q = torch.randn(5, 50, generator=g, dtype=D64)
     res = hull_distances(Q, D)
     verify(res, Q, D)
-    for k in range(5):
-        assert abs(float(res.distance[k]) ** 2 - ref_hull2(Q[k].numpy(), D.numpy())) <= 1e-8
+    assert_matches_cvxpy(res, Q, D, range(5))
     # N >> f: most Gaussian queries of small norm are inside
     D = torch.randn(3000, 3, generator=g, dtype=D64)
     Q = torch.randn(50, 3, generator=g, dtype=D64) * 1.5
     res = hull_distances(Q, D, chunk_n=700)
     verify(res, Q, D)
     assert res.inside.float().mean() > 0.5
-    for k in range(0, 50, 7):
-        assert abs(float(res.distance[k]) ** 2 - ref_hull2(Q[k].numpy(), D.numpy())) <= 1e-8
+    assert_matches_cvxpy(res, Q, D, range(0, 50, 7))
 
 
 def test_pixel_space_and_float32_pricing():

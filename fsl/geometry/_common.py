@@ -22,3 +22,11 @@ def as_box(lower, upper, f: int, dtype: torch.dtype, device) -> tuple[torch.Tens
     if bool((lo > hi).any()):
         raise ValueError("lower bound exceeds upper bound")
     return lo, hi
+
+
+def float32_matmul_is_exact(device: torch.device) -> bool:
+    """True when float32 matrix products on ``device`` are IEEE float32 (no TF32 / bf16), the
+    assumption behind the rounding bounds of the float32 filters (balls) and pricing (hull)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)

@@ -230,9 +230,8 @@ class FeatureGeometry:
             return torch.randperm(n, generator=g)[:k].sort().values
 
         qi = subset(test_features.shape[0], max_queries)
-        ti = subset(self.train.shape[0], max_train)
-        return geometry_study(self.train[ti.to(self.device)], self.train_labels[ti.to(self.device)],
-                              test_features[qi.to(test_features.device)],
-                              torch.as_tensor(test_labels)[qi.to(torch.as_tensor(test_labels).device)],
-                              self.weight, self.bias, self.lower, self.upper, hull_kwargs=hull_kwargs,
+        ti = subset(self.train.shape[0], max_train).to(self.device)
+        labels = torch.as_tensor(test_labels)
+        return geometry_study(self.train[ti], self.train_labels[ti], test_features[qi.to(test_features.device)],
+                              labels[qi.to(labels.device)], self.weight, self.bias, self.lower, self.upper, hull_kwargs=hull_kwargs,
                               device=self.device, map_rows=map_rows, eval_index=qi)

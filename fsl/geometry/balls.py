@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import torch
 
-from ._common import as_box
+from ._common import as_box, float32_matmul_is_exact
 
 Tensor = torch.Tensor
 
 
 def _filter_dtype(device: torch.device) -> torch.dtype:
     """float32 when float32 matrix products are exact IEEE float32 on ``device``, else float64."""
-    if torch.get_float32_matmul_precision() != "highest":
-        return torch.float64
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        return torch.float64
-    return torch.float32
+    return torch.float32 if float32_matmul_is_exact(device) else torch.float64
 
 
 def _check_finite(name: str, x: Tensor) -> None:
@@ -48,13 +44,33 @@ def _check_finite(name: str, x: Tensor) -> None:
                          f"undefined (check the model and the inputs, e.g. FeatureSet.check_finite)")
 
 
-def _as_radii(radii, q: int, device) -> Tensor:
+def _squared_radii(radii, q: int, device) -> Tensor:
+    """``(q,)`` float64 ``r^2``; ``-1`` for NaN or non-positive radii (balls that hold nothing)."""
     r = torch.as_tensor(radii, device=device).detach().to(torch.float64).reshape(-1)
     if r.numel() == 1 and q != 1:
         r = r.expand(q)
     if r.numel() != q:
         raise ValueError(f"radii: expected {q} values (one per ball), got {r.numel()}")
-    return r
+    return torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
+
+
+def _prepare(fn: str, a_name: str, A: Tensor, b_name: str, B: Tensor, regions_a, regions_b,
+             region_names: tuple[str, str], chunk_q, chunk_n):
+    """Shared input handling of :func:`ball_counts` and :func:`union_coverage`: float64 copies on
+    ``A``'s device, shape / finiteness / region checks, block sizes and the filter dtype."""
+    dev = A.device
+    A = A.detach().to(torch.float64)
+    B = B.detach().to(device=dev, dtype=torch.float64)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
+        raise ValueError(f"expected {a_name} (Q, f) and {b_name} (N, f), got {tuple(A.shape)} and {tuple(B.shape)}")
+    _check_finite(f"{fn} {a_name}", A)
+    _check_finite(f"{fn} {b_name}", B)
+    ga = _as_groups(regions_a, A.shape[0], dev, region_names[0])
+    gb = _as_groups(regions_b, B.shape[0], dev, region_names[1])
+    if (ga is None) != (gb is None):
+        raise ValueError(f"pass both {region_names[0]} and {region_names[1]}, or neither")
+    chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
+    return A, B, ga, gb, chunk_q, chunk_n, _filter_dtype(dev)
 
 
 def _as_groups(groups, n: int, device, name: str) -> Tensor | None:
@@ -89,6 +105,14 @@ def _compatible(row_groups: Tensor | None, col_groups: Tensor | None, rows: Tens
 def _direct_inside(A: Tensor, B: Tensor, rho: Tensor) -> Tensor:
     """The float64 reference test ``sum((a - b)^2) < rho`` row by row."""
     return ((A - B) ** 2).sum(1) < rho
+
+
+def _band(M: Tensor, lo: Tensor, hi: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column (within the chunk) of the entries of ``M[rows]`` in the filter's band
+    ``lo <= M < hi``: the pairs that need the direct float64 test."""
+    Mb = M[rows]
+    bi, bj = torch.nonzero((Mb >= lo[rows]) & (Mb < hi[rows]), as_tuple=True)
+    return rows[bi], bj
 
 
 def _filtered_pairs(A: Tensor, B: Tensor, s: Tensor, t: Tensor, chunk_q: int, chunk_n: int, dtype):
@@ -175,23 +199,12 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
     Returns: ``(Q,)`` int64.
     """
     dev = centers.device
-    C = centers.detach().to(torch.float64)
-    P = points.detach().to(device=dev, dtype=torch.float64)
-    if C.ndim != 2 or P.ndim != 2 or C.shape[1] != P.shape[1]:
-        raise ValueError(f"expected centers (Q, f) and points (N, f), got {tuple(C.shape)} and {tuple(P.shape)}")
-    _check_finite("ball_counts centers", C)
-    _check_finite("ball_counts points", P)
+    C, P, cg, pg, chunk_q, chunk_n, dtype = _prepare(
+        "ball_counts", "centers", centers, "points", points, center_regions, point_regions,
+        ("center_regions", "point_regions"), chunk_q, chunk_n)
     Qn, N = C.shape[0], P.shape[0]
-    r = _as_radii(radii, Qn, dev)
+    r2 = _squared_radii(radii, Qn, dev)
     selfidx = _self_index(exclude_self, centers, points)
-    cg = _as_groups(center_regions, Qn, dev, "center_regions")
-    pg = _as_groups(point_regions, N, dev, "point_regions")
-    if (cg is None) != (pg is None):
-        raise ValueError("pass both center_regions and point_regions, or neither")
-    chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
-    dtype = _filter_dtype(dev)
-
-    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
     counts = torch.zeros(Qn, dtype=torch.long, device=dev)
     everything = torch.isinf(r2)
     nothing = r2 < 0
@@ -219,9 +232,8 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
                 out[q0:q0 + M.shape[0]] += sure.long()
                 band_rows = torch.nonzero(maybe > sure).squeeze(1)
                 if band_rows.numel():
-                    Mb = M[band_rows]
-                    bi, bj = torch.nonzero((Mb >= lo[band_rows]) & (Mb < hi[band_rows]), as_tuple=True)
-                    qi = band_rows[bi] + q0
+                    qi, bj = _band(M, lo, hi, band_rows)
+                    qi = qi + q0
                     ok = _direct_inside(Cb[qi], Pb[bj + n0], r2[rows][qi])
                     out.index_add_(0, qi, ok.long())
             counts[rows] += out
@@ -246,21 +258,10 @@ def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, query_region
     :func:`ball_counts`; valid for balls of radius at most their centre's flip margin).
     """
     dev = queries.device
-    X = queries.detach().to(torch.float64)
-    C = centers.detach().to(device=dev, dtype=torch.float64)
-    if X.ndim != 2 or C.ndim != 2 or X.shape[1] != C.shape[1]:
-        raise ValueError(f"expected queries (Q, f) and centers (K, f), got {tuple(X.shape)} and {tuple(C.shape)}")
-    _check_finite("union_coverage queries", X)
-    _check_finite("union_coverage centers", C)
-    K = C.shape[0]
-    r = _as_radii(radii, K, dev)
-    qg = _as_groups(query_regions, X.shape[0], dev, "query_regions")
-    cg = _as_groups(center_regions, K, dev, "center_regions")
-    if (qg is None) != (cg is None):
-        raise ValueError("pass both query_regions and center_regions, or neither")
-    chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
-    dtype = _filter_dtype(dev)
-    r2 = torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
+    X, C, qg, cg, chunk_q, chunk_n, dtype = _prepare(
+        "union_coverage", "queries", queries, "centers", centers, query_regions, center_regions,
+        ("query_regions", "center_regions"), chunk_q, chunk_n)
+    r2 = _squared_radii(radii, C.shape[0], dev)
     out = torch.zeros(X.shape[0], dtype=torch.bool, device=dev)
     valid = r2 >= 0
     inf_b = torch.isinf(r2)
@@ -288,9 +289,8 @@ def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, query_region
             cq |= (M < lo).any(1)
             band_rows = torch.nonzero((M < hi).any(1) & ~cq).squeeze(1)
             if band_rows.numel():
-                Mb = M[band_rows]
-                bi, bj = torch.nonzero((Mb >= lo[band_rows]) & (Mb < hi[band_rows]), as_tuple=True)
-                qi = band_rows[bi] + q0
+                qi, bj = _band(M, lo, hi, band_rows)
+                qi = qi + q0
                 ok = _direct_inside(Xb[qi], Cb[bj + n0], r2b[bj + n0])
                 cov[qi[ok]] = True
         out[rows] |= cov

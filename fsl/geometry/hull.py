@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._common import float32_matmul_is_exact
+
 Tensor = torch.Tensor
 
 
@@ -161,8 +163,9 @@ def _topk_merge(best, v, i, k):
     return vv, ci.gather(1, j)
 
 
-def _price_exact(U: Tensor, Dc: Tensor, k: int, chunk_n: int):
-    """For each row u of U: the top-k values of u·d_k over all points and their indices, in U's dtype."""
+def _topk_products(U: Tensor, Dc: Tensor, k: int, chunk_n: int):
+    """For each row u of U: the top-k values of ``u·d`` over the rows d of ``Dc`` (chunked) and their
+    indices, in U's dtype: ``(Q, k)``, ``(Q, k)``."""
     best = None
     for n0 in range(0, Dc.shape[0], chunk_n):
         s = U @ Dc[n0:n0 + chunk_n].T
@@ -182,12 +185,12 @@ def _price(U: Tensor, Dc: Tensor, Dl: Tensor | None, dnorm: float, k: int, k_che
     Returns ``(vmax (Q,), vtop (Q, k), itop (Q, k))`` with float64 values.
     """
     if Dl is None:
-        vtop, itop = _price_exact(U, Dc, k, chunk_n)
+        vtop, itop = _topk_products(U, Dc, k, chunk_n)
         return vtop[:, 0], vtop, itop
     f = U.shape[1]
     unit = float(torch.finfo(Dl.dtype).eps) / 2
     kc = min(max(k, k_check), Dc.shape[0])
-    vl, il = _price_exact(U.to(Dl.dtype), Dl, kc, chunk_n)
+    vl, il = _topk_products(U.to(Dl.dtype), Dl, kc, chunk_n)
     E = (f + 4) * unit * 1.01 * U.norm(dim=1) * dnorm
     exact = (Dc[il] * U[:, None, :]).sum(2)  # (Q, kc) recomputed in float64
     vmax = exact.amax(1)
@@ -195,7 +198,7 @@ def _price(U: Tensor, Dc: Tensor, Dl: Tensor | None, dnorm: float, k: int, k_che
     unsure = vl[:, -1].to(U.dtype) >= vl[:, 0].to(U.dtype) - 2.0 * E - 4 * unit * vl[:, 0].abs().to(U.dtype)
     if kc < Dc.shape[0] and bool(unsure.any()):
         rows = torch.nonzero(unsure).squeeze(1)
-        v64, i64 = _price_exact(U[rows], Dc, kc, chunk_n)
+        v64, i64 = _topk_products(U[rows], Dc, kc, chunk_n)
         exact[rows], il[rows], vmax[rows] = v64, i64, v64[:, 0]
     vtop, j = torch.topk(exact, min(k, kc), dim=1)
     return vmax, vtop, il.gather(1, j)
@@ -233,8 +236,7 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     N, f = Dp.shape
     Qn = Qx.shape[0]
     if pricing_dtype is None:  # float32 pricing only where float32 products are IEEE float32
-        exact32 = torch.get_float32_matmul_precision() == "highest" and not (
-            dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+        exact32 = float32_matmul_is_exact(dev)
         pricing_dtype = torch.float32 if (exact32 and dtype == torch.float64) else dtype
     pdtype = pricing_dtype
     if max_working is None:
@@ -256,7 +258,6 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     out_p = torch.empty((Qn, f), dtype=dtype, device=dev)
     out_gap = torch.full((Qn,), float("inf"), dtype=dtype, device=dev)
     out_d = torch.empty((Qn,), dtype=dtype, device=dev)
-    out_w: list = []
     out_cert = torch.zeros(Qn, dtype=torch.bool, device=dev)
     stats = dict(rounds=0, pricing_passes=0, max_working=0, inner_iterations=0, R=R,
                  inside_tol=1e-6 * R)
@@ -265,21 +266,9 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
         qc = Qc[q0:q0 + chunk_q]
         B = qc.shape[0]
         # seed: k_init nearest points (largest 2 q·d - |d|^2)
-        best = None
         qa = torch.cat([2.0 * qc, -torch.ones_like(qc[:, :1])], 1).to(pdtype)
-        for n0 in range(0, N, chunk_n):
-            s = qa @ Daug[n0:n0 + chunk_n].T
-            v, i = torch.topk(s, min(k_init, s.shape[1]), dim=1)
-            i = i + n0
-            if best is None:
-                best = (v, i)
-            else:
-                cv = torch.cat([best[0], v], 1)
-                ci = torch.cat([best[1], i], 1)
-                vv, j = torch.topk(cv, min(k_init, cv.shape[1]), dim=1)
-                best = (vv, ci.gather(1, j))
+        S = _topk_products(qa, Daug, k_init, chunk_n)[1]  # (B, K)
         stats["pricing_passes"] += 1
-        S = best[1]  # (B, K)
         a = torch.zeros(S.shape, dtype=dtype, device=dev)
         a[:, 0] = 1.0
         valid = torch.ones_like(S, dtype=torch.bool)

@@ -43,13 +43,20 @@ def build_module(cfg: DictConfig, datamodule) -> ClassifierModule:
                             data=_without_target(cfg.data))
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[pl.Callback]:
-    out = []
-    for name, spec in (cfg.get("callbacks") or {}).items():
+def _targets(cfg: DictConfig, group: str, hint: str):
+    """The entries of config group ``group`` that are set; each must have a ``_target_`` (``hint``
+    says how to fix one that has not)."""
+    for name, spec in (cfg.get(group) or {}).items():
         if spec is None:
             continue
         if "_target_" not in spec:
-            raise ValueError(f"callbacks.{name} has no _target_; every entry under callbacks: must name a class")
+            raise ValueError(f"{group}.{name} has no _target_; {hint}")
+        yield spec
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[pl.Callback]:
+    out = []
+    for spec in _targets(cfg, "callbacks", "every entry under callbacks: must name a class"):
         if not has_logger and spec._target_.endswith("LearningRateMonitor"):
             continue  # it refuses to run without a logger
         out.append(instantiate(spec))
@@ -58,11 +65,7 @@ def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[pl.Callbac
 
 def build_loggers(cfg: DictConfig, resume_run_id: str | None = None) -> list:
     loggers = []
-    for name, spec in (cfg.get("logger") or {}).items():
-        if spec is None:
-            continue
-        if "_target_" not in spec:
-            raise ValueError(f"logger.{name} has no _target_; pick logger=wandb, logger=csv or logger=none")
+    for spec in _targets(cfg, "logger", "pick logger=wandb, logger=csv or logger=none"):
         extra = {}
         if resume_run_id and spec._target_.endswith("WandbLogger"):
             extra = {"id": resume_run_id, "resume": "allow"}
