@@ -91,10 +91,11 @@ def test_f_greater_than_n_and_n_greater_than_f():
     assert_matches_cvxpy(res, Q, D, range(0, 50, 7))
 
 
-def test_pixel_space_and_float32_pricing():
+@pytest.mark.parametrize("f", [784, 3072])  # MNIST and CIFAR-10 pixel space
+def test_pixel_space_and_float32_pricing(f):
     g = torch.Generator().manual_seed(3)
-    D = torch.rand(400, 784, generator=g, dtype=D64)
-    Q = torch.rand(6, 784, generator=g, dtype=D64)
+    D = torch.rand(400, f, generator=g, dtype=D64)
+    Q = torch.rand(6, f, generator=g, dtype=D64)
     res = hull_distances(Q, D)
     verify(res, Q, D)
     res32 = hull_distances(Q, D, pricing_dtype=torch.float32)
