@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[test]"
 	# torchattacks declares torchvision + requests~=2.25.1 but imports neither: install it alone.
 	$(PIP) install -q --no-deps "torchattacks==3.5.1"
-	$(PY) -c "import torch, pytorch_lightning, torchmetrics, wandb, torchattacks, cvxpylayers.torch"
+	# References for the tests: IBM ART's DeepFool (its pure-Python deps six/sklearn/scipy/tqdm come with
+	# the test extra) and pytorch-ood's detector formulas (its package __init__ imports torchvision;
+	# the tests load its detector modules alone). Both --no-deps, so no torchvision is pulled in.
+	$(PIP) install -q --no-deps "adversarial-robustness-toolbox==1.20.1" "pytorch-ood==0.4.0"
+	$(PY) -c "import torch, pytorch_lightning, torchmetrics, wandb, torchattacks, cvxpylayers.torch, art.attacks.evasion"
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -1,12 +1,14 @@
 """Attacks and evaluate_attack on a small SELU MLP trained for a few seconds on real MNIST digits."""
+import copy
 import math
 
 import pytest
 import torch
 
-from fsl.adversarial.attacks import run_attack, select_correct
-from fsl.adversarial.detection import detection_metrics, margin_score
-from fsl.adversarial.evaluate import DistanceFunctions, evaluate_attack
+from fsl.adversarial.attacks import ATTACKS, attack_context, run_attack, select_correct
+from fsl.adversarial.detection import SCORES, detection_metrics, margin_score
+from fsl.adversarial.evaluate import Detectors, DistanceFunctions, evaluate_attack
+from fsl.adversarial.success import GAP_RTOL, STOP_FACTOR
 from fsl.models import create_model
 
 
@@ -42,13 +44,17 @@ def correct_subset(model, X, y, n):
     return X[c][:n], y[c][:n]
 
 
-def logit_gap(model, x, y):
-    """max_{k != y} z_k - z_y: > 0 misclassified, ~0 on the boundary."""
+def logits_of(model, x):
     with torch.no_grad():
-        z = model(x)
+        return model(x)
+
+
+def gap_and_tol(model, x, y):
+    """Logit gap ``max_{k != y} z_k - z_y`` (written out here, independent of fsl) and fsl's tolerance."""
+    z = logits_of(model, x)
     other = z.clone()
     other[torch.arange(len(y)), y] = -math.inf
-    return other.amax(1) - z[torch.arange(len(y)), y]
+    return other.amax(1) - z[torch.arange(len(y)), y], GAP_RTOL * z.abs().amax(1).clamp_min(1.0)
 
 
 def test_select_correct(trained):
@@ -79,14 +85,12 @@ def test_pgd_under_inference_mode(trained):
     assert float(r.linf.max()) <= eps + 1e-6
     assert float((r.adv_images - x).abs().amax()) <= eps + 1e-6
     assert r.success_rate > 0.5  # an undefended MLP at eps=0.1
-    with torch.no_grad():
-        pred = model(r.adv_images).argmax(1)
-    assert torch.equal(r.success, pred != y)
+    gap, tol = gap_and_tol(model, r.adv_images, y)
+    assert torch.equal(r.success, gap > tol)  # success = a gap above float noise, on the returned images
+    assert torch.allclose(r.gap, gap)
     assert torch.allclose(r.l2, (r.adv_images - x).flatten(1).norm(dim=1))
-    # default eps = 8/255
-    with torch.no_grad():
-        d = run_attack(model, x[:32], y[:32], "pgd")
-    assert float(d.linf.max()) <= 8 / 255 + 1e-6 and d.params["steps"] == 10
+    d = run_attack(model, x[:32], y[:32], "pgd")  # defaults: the MNIST budget 0.3
+    assert float(d.linf.max()) <= 0.3 + 1e-6 and d.params["steps"] == 20 and d.success_rate > 0.9
 
 
 def test_pgd_seeded_and_leaves_global_rng_alone(trained):
@@ -94,62 +98,143 @@ def test_pgd_seeded_and_leaves_global_rng_alone(trained):
     x, y = correct_subset(model, Xte, yte, 16)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    a = run_attack(model, x, y, "pgd", seed=7)
+    a = run_attack(model, x, y, "pgd", seed=7, eps=0.05)
     assert torch.equal(torch.get_rng_state(), state)
-    b = run_attack(model, x, y, "pgd", seed=7)
-    c = run_attack(model, x, y, "pgd", seed=8)
+    b = run_attack(model, x, y, "pgd", seed=7, eps=0.05)
+    c = run_attack(model, x, y, "pgd", seed=8, eps=0.05)
     assert torch.equal(a.adv_images, b.adv_images)
     assert not torch.equal(a.adv_images, c.adv_images)
 
 
-@pytest.fixture(scope="module")
-def deepfool_ref(trained):
-    """torchattacks DeepFool (steps=50, overshoot=0.02), run once under inference mode."""
+def test_torchattacks_deepfool_stalls_on_the_boundary(trained):
+    """Why fsl has its own DeepFool: torchattacks' per-step overshoot + clamp freezes on a tie."""
     model, _, _, Xte, yte, _ = trained
     with torch.inference_mode():
         x, y = correct_subset(model, Xte, yte, 8)
-        r = run_attack(model, x, y, "deepfool")
-    return x, y, r
-
-
-def test_deepfool_torchattacks_under_inference_mode_lands_on_boundary(trained, deepfool_ref):
-    model = trained[0]
-    x, y, r = deepfool_ref
-    assert x.is_inference()
+        assert x.is_inference()
+        r = run_attack(model, x, y, "deepfool_torchattacks")
     assert r.params == {"steps": 50, "overshoot": 0.02}
-    assert not r.nonfinite.any()
-    gap = logit_gap(model, r.adv_images, y)
-    # torchattacks' clamp to [0, 1] makes DeepFool approach the boundary from one side on MNIST:
-    # every sample ends on the boundary (gap ~ 0) whether or not it crossed
-    assert float(gap.abs().max()) < 1e-3
-    assert float(r.l2.min()) > 0
-    with torch.no_grad():
-        pred = model(r.adv_images).argmax(1)
-    assert torch.equal(r.success, pred != y)  # success is measured on the returned images, not assumed
-    assert torch.equal(r.adv_pred, pred)
+    gap, tol = gap_and_tol(model, r.adv_images, y)
+    assert float(gap.abs().max()) < 1e-3 and float(r.l2.min()) > 0  # every sample ends on the boundary
+    assert torch.equal(r.success, gap > tol) and not r.success.any()  # a tie is not a success
 
 
-def test_deepfool_batched_reproduces_torchattacks(trained, deepfool_ref):
-    model = trained[0]
-    x, y, ref = deepfool_ref
-    x, y = x.clone(), y.clone()
-    for steps in (1, 3):
-        a = run_attack(model, x[:4], y[:4], "deepfool", steps=steps)
-        b = run_attack(model, x[:4], y[:4], "deepfool_batched", steps=steps)
-        assert float((a.adv_images - b.adv_images).abs().max()) < 1e-5
-    b = run_attack(model, x, y, "deepfool_batched")
-    assert float((ref.adv_images - b.adv_images).abs().max()) < 1e-4
-
-
-def test_box_aware_deepfool_succeeds(trained):
+@pytest.fixture(scope="module")
+def attacked(trained):
     model, _, _, Xte, yte, _ = trained
-    with torch.inference_mode():
-        x, y = correct_subset(model, Xte, yte, 200)
-        plain = run_attack(model, x, y, "deepfool_batched", steps=5)
-        box = run_attack(model, x, y, "deepfool_batched", steps=5, box_aware=True)
-    assert box.success_rate >= 0.95
-    assert plain.success_rate < 0.5  # the clamp problem box_aware fixes
-    assert float(box.l2[box.success].median()) < 3.0  # small perturbations (pixel L2 on 784 pixels)
+    x, y = correct_subset(model, Xte, yte, 200)
+    return x, y, run_attack(model, x, y, "deepfool")
+
+
+def test_deepfool_crosses_the_boundary(trained, attacked):
+    model = trained[0]
+    x, y, r = attacked
+    assert len(y) == 200 and r.success_rate >= 0.99
+    gap, tol = gap_and_tol(model, r.adv_images, y)
+    assert bool((gap[r.success] > tol[r.success]).all()) and float(r.adv_images.min()) >= 0 \
+        and float(r.adv_images.max()) <= 1
+    assert r.params == {"steps": 50, "overshoot": 0.02, "box": "auto"}
+    box = run_attack(model, x, y, "deepfool", box="always")
+    assert box.success_rate >= 0.99
+    # the overshoot multiplies the total: the returned image lies past the boundary by a margin that
+    # grows with the overshoot, not at a tie
+    more = run_attack(model, x, y, "deepfool", overshoot=0.1)
+    both = r.success & more.success
+    assert float(more.gap[both].median()) > 2 * float(r.gap[both].median()) > 0
+
+
+def test_deepfool_within_10_percent_of_art(trained, attacked):
+    """IBM ART's DeepFool (clip (0, 1), epsilon = overshoot) on the same samples."""
+    pytest.importorskip("art", reason="adversarial-robustness-toolbox is installed by the Makefile")
+    from art.attacks.evasion import DeepFool
+    from art.estimators.classification import PyTorchClassifier
+
+    model = trained[0]
+    x, y, r = attacked
+    # ART backpropagates into the parameters: give it a copy, not the shared fixture
+    clf = PyTorchClassifier(model=copy.deepcopy(model), loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
+                            clip_values=(0.0, 1.0), device_type="cpu")
+    art = torch.from_numpy(DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=200, verbose=False)
+                           .generate(x.numpy()))
+    gap, tol = gap_and_tol(model, art, y)
+    art_ok = gap > tol
+    art_l2 = (art - x).flatten(1).norm(dim=1)
+    assert r.success_rate >= float(art_ok.double().mean()) - 1e-9
+    ratio = float(r.l2[r.success].median() / art_l2[art_ok].median())
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+def test_deepfool_on_a_linear_model_is_the_projection_on_the_free_face():
+    """Two classes, logits linear in the pixels: the box-aware step is the exact minimal-L2 step on
+    the face of the box the image sits on (to the level set just past the boundary that DeepFool
+    aims at); the result is (1 + overshoot) times it."""
+    torch.manual_seed(0)
+    p = 64
+    w = torch.randn(p, dtype=torch.float64)
+    x0 = torch.full((p,), 0.5, dtype=torch.float64)
+    x0[:32] = 0.0  # saturated pixels; those with w < 0 cannot move (moving them up lowers the logit gap)
+    f0 = 0.3
+    b = -(w @ x0) - f0  # gap(x0) = w.x0 + b = -f0 < 0: class 0 wins by f0
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(p, 2, dtype=torch.float64))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(p, dtype=torch.float64), w]))
+        model[1].bias.copy_(torch.tensor([0.0, float(b)], dtype=torch.float64))
+    free = torch.ones(p, dtype=torch.bool)
+    free[:32] = w[:32] > 0
+    target = STOP_FACTOR * GAP_RTOL * 1.0  # logits (0, -f0): scale max(1, |z|) = 1
+    step = (f0 + target) / w[free].norm() ** 2 * torch.where(free, w, torch.zeros_like(w))
+    assert float((x0 + 1.02 * step).min()) >= 0 and float((x0 + 1.02 * step).max()) <= 1  # no pixel clips
+    r = run_attack(model, x0.view(1, 1, 8, 8), torch.tensor([0]), "deepfool", box="always")
+    assert bool(r.success.all())
+    assert float((r.adv_images.flatten() - (x0 + 1.02 * step)).abs().max()) < 1e-12
+    assert float(r.l2[0]) == pytest.approx(1.02 * (f0 + target) / float(w[free].norm()), rel=1e-12)
+    # the clipped paper step crosses too, never closer than the distance to the boundary in the box
+    # (f0 / ||w_free||: the minimal-L2 QP's optimum, which the face projection attains)
+    plain = run_attack(model, x0.view(1, 1, 8, 8), torch.tensor([0]), "deepfool")
+    assert bool(plain.success.all()) and float(plain.l2[0]) >= f0 / float(w[free].norm()) * (1 - 1e-9)
+
+
+def test_cw_reaches_its_confidence(trained):
+    """fsl's CW-L2 returns examples at a logit gap >= kappa; torchattacks' CW returns its first
+    crossing (gap near 0) whatever kappa is."""
+    import torchattacks
+
+    model, _, _, Xte, yte, _ = trained
+    x, y = correct_subset(model, Xte, yte, 32)
+    kappa = 5.0
+    r = run_attack(model, x, y, "cw", kappa=kappa, steps=60, binary_steps=4)
+    assert r.success_rate >= 0.9
+    gap, _ = gap_and_tol(model, r.adv_images, y)
+    assert bool((gap[r.success] >= kappa * (1 - 1e-4)).all())
+    assert bool((r.l2[~r.success] == 0).all())  # a sample that never reached kappa keeps its clean image
+    d = run_attack(model, x, y, "deepfool")
+    assert float(r.l2[r.success].median()) > float(d.l2[d.success].median())  # deeper than a minimal attack
+    with attack_context(model):  # frozen parameters: CW's backward() must not leave .grad on the fixture
+        ta = torchattacks.CW(model, c=1.0, kappa=kappa, steps=60, lr=0.1)(x, y)
+    ta_gap, _ = gap_and_tol(model, ta, y)
+    assert float(ta_gap[ta_gap > 0].median()) < 0.5 * kappa
+
+
+def test_margin_pgd_raises_the_exact_margin(trained):
+    """The adaptive attack ends deeper inside the wrong region than plain PGD at the same budget:
+    larger exact feature-space margins (fsl.geometry.flip_margins), so the margin detector sees less."""
+    from fsl.geometry import flip_margins
+
+    model, _, _, Xte, yte, _ = trained
+    x, y = correct_subset(model, Xte, yte, 64)
+    eps = 0.2
+    ada = run_attack(model, x, y, "margin_pgd", eps=eps, steps=30)
+    pgd = run_attack(model, x, y, "pgd", eps=eps, alpha=2.5 * eps / 30, steps=30)
+    assert float(ada.linf.max()) <= eps + 1e-6 and ada.success_rate >= 0.9
+    dom = model.feature_domain
+
+    def margins(images, ok):
+        with torch.no_grad():
+            f = model.forward_features(images[ok])
+        return flip_margins(f, model.head.weight, model.head.bias, dom.lower, dom.upper).margin
+
+    assert float(margins(ada.adv_images, ada.success).median()) > 1.2 * float(  # measured 7.4 vs 5.6
+        margins(pgd.adv_images, pgd.success).median())
 
 
 def test_model_mode_params_and_grads_restored(trained):
@@ -158,27 +243,52 @@ def test_model_mode_params_and_grads_restored(trained):
     model.train()
     model.layers[1].eval()  # a mixed state that model.train() would destroy
     model.layers[0].weight.requires_grad_(False)
+    small = {"deepfool": {"steps": 2}, "deepfool_torchattacks": {"steps": 2}, "pgd": {"steps": 2},
+             "pgd_l2": {"steps": 2}, "cw": {"steps": 2, "binary_steps": 1}, "margin_pgd": {"steps": 2}}
+    assert set(small) == set(ATTACKS)
     try:
-        for name in ("deepfool", "deepfool_batched", "pgd"):
+        for name, params in small.items():
             with torch.inference_mode():
-                run_attack(model, x, y, name, steps=2)
-            assert model.training and model.layers[0].training and model.head.training
-            assert not model.layers[1].training
-            assert not model.layers[0].weight.requires_grad and model.layers[0].bias.requires_grad
-            assert all(p.grad is None for p in model.parameters())  # DeepFool's backward() left no grads
+                run_attack(model, x, y, name, **params)
+            assert model.training and model.layers[0].training and model.head.training, name
+            assert not model.layers[1].training, name
+            assert not model.layers[0].weight.requires_grad and model.layers[0].bias.requires_grad, name
+            assert all(p.grad is None for p in model.parameters()), name  # no .grad left behind
     finally:
         model.layers[0].weight.requires_grad_(True)
         model.eval()
 
 
-def test_unknown_attack_and_params(trained):
+def test_unknown_attack_params_and_bad_images(trained):
     model, _, _, Xte, yte, _ = trained
     with pytest.raises(ValueError, match="unknown attack"):
-        run_attack(model, Xte[:2], yte[:2], "cw")
+        run_attack(model, Xte[:2], yte[:2], "fgsm")
     with pytest.raises(TypeError, match="unknown parameters"):
         run_attack(model, Xte[:2], yte[:2], "pgd", overshoot=0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_attack(model, Xte[:2] * 255, yte[:2], "pgd")
+    bad = Xte[:2].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        run_attack(model, bad, yte[:2], "deepfool")
+
+
+def test_suites_are_checked():
+    from fsl.adversarial.suites import check_suite, load_suite, suite_for_data
+
+    mnist, cifar = load_suite("mnist"), load_suite("cifar")
+    assert {s["attack"] for s in mnist.values()} == set(ATTACKS) - {"deepfool_torchattacks"}
+    assert sorted(s["eps"] for s in mnist.values() if s["attack"] == "pgd") == [0.1, 0.2, 0.3]
+    assert [s["eps"] for s in cifar.values() if s["attack"] == "pgd"] == [pytest.approx(8 / 255)]
+    assert suite_for_data("fashion_mnist") == "mnist" and suite_for_data("cifar10") == "cifar"
+    with pytest.raises(ValueError, match="no attack suite"):
+        suite_for_data("imagenet")
+    with pytest.raises(ValueError, match="unknown attack suite"):
+        load_suite("svhn")
+    with pytest.raises(ValueError, match="'x'.*unknown attack 'fgsm'"):
+        check_suite({"x": {"attack": "fgsm"}})
+    with pytest.raises(ValueError, match="'p'.*unknown parameters \\['epsilon'\\]"):
+        check_suite({"p": {"attack": "pgd", "epsilon": 0.1}})
 
 
 def closed_form_geometry(model, train_features):
@@ -202,31 +312,34 @@ def closed_form_geometry(model, train_features):
 
 def test_evaluate_attack_end_to_end(trained):
     model, Xtr, ytr, Xte, yte, ftr = trained
-    geo = closed_form_geometry(model, ftr)
+    det = Detectors.fit(model, ftr, ytr, geometry=closed_form_geometry(model, ftr))
+    geo = det.geometry
     with torch.inference_mode():
-        met, ps, roc = evaluate_attack(model, Xte[:200], yte[:200], ftr, ytr, "deepfool_batched", geo,
-                                       box_aware=True)
+        met, ps, roc = evaluate_attack(model, Xte[:200], yte[:200], ftr, ytr, "deepfool", det, n_boot=200)
     correct = select_correct(model, Xte[:200], yte[:200])
     A = int(correct.sum())
     assert met["n_attacked"] == A and torch.equal(ps["index"], correct.nonzero().flatten())
     s = ps["success"]
-    assert met["success_rate"] == pytest.approx(float(s.double().mean())) and met["success_rate"] > 0.95
+    assert met["success_rate"] == pytest.approx(float(s.double().mean())) and met["success_rate"] >= 0.99
     # per-sample values equal direct calls on the same features
     with torch.no_grad():
-        f_adv = model.forward_features(run_attack(model, Xte[:200][correct], yte[:200][correct], "deepfool_batched",
-                                                  box_aware=True).adv_images)
+        f_adv = model.forward_features(run_attack(model, Xte[:200][correct], yte[:200][correct], "deepfool").adv_images)
     assert torch.allclose(ps["adv_margin"], geo.margin_fn(f_adv), atol=1e-6)
+    assert torch.allclose(ps["adv_knn"], det.knn.score(f_adv))
     assert met["frac_margin_lt_hull"] == pytest.approx(float((ps["adv_margin"][s] < ps["adv_hull"][s]).double().mean()))
     assert met["frac_hull_shrank"] == pytest.approx(float((ps["adv_hull"][s] < ps["clean_hull"][s]).double().mean()))
     direct = detection_metrics(margin_score(ps["clean_margin"]), margin_score(ps["adv_margin"][s]))
-    assert met["auroc/margin"] == pytest.approx(direct["auroc"]) and met["tpr5/margin"] == pytest.approx(
-        direct["tpr_at_5fpr"])
-    expected = {"success_rate", "l2/mean", "l2/median", "linf/mean", "linf/median", "frac_margin_lt_hull",
-                "frac_hull_shrank", "rule/train_margin_caught", "rule/train_margin_fpr"}
-    expected |= {f"{m}/{s}" for m in ("auroc", "tpr5") for s in ("margin", "ambiguity", "msp", "mahalanobis")}
+    for key, name in (("auroc", "auroc"), ("tpr5", "tpr_at_5fpr"), ("fpr95", "fpr_at_95tpr"), ("aupr_in", "aupr_in")):
+        assert met[f"{key}/margin"] == pytest.approx(direct[name]), key
+    assert met["auroc_lo/margin"] <= met["auroc/margin"] <= met["auroc_hi/margin"]
+    expected = {"success_rate", "l2/mean", "l2/median", "linf/mean", "linf/median", "gap/median", "seconds",
+                "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "rule/train_margin_fpr"}
+    expected |= {f"{m}/{d}" for m in ("auroc", "tpr5", "fpr95", "aupr_in", "aupr_out", "auroc_lo", "auroc_hi")
+                 for d in SCORES}
     assert expected <= set(met)
     assert all(isinstance(v, float) for v in met.values())
-    assert set(roc) == {"margin", "ambiguity", "msp", "mahalanobis"}
+    assert set(roc) == set(SCORES)
+    assert float(ps["gap"][s].min()) > 0
     # DeepFool examples sit next to a boundary: margin detects them well on this model
     assert met["auroc/margin"] > 0.9 and met["frac_margin_lt_hull"] > 0.9
     train_min = float(geo.margin_fn(ftr).min())
@@ -235,23 +348,15 @@ def test_evaluate_attack_end_to_end(trained):
 
 
 def test_evaluate_attack_with_fsl_geometry_margins(trained):
-    """Integration with fsl.geometry.flip_margins (exact margins) where it is available."""
-    geometry = pytest.importorskip("fsl.geometry")
-    if not hasattr(geometry, "flip_margins"):
-        pytest.skip("fsl.geometry.flip_margins not available yet")
+    """The default detectors: exact margins (fsl.geometry.flip_margins) and hull distances."""
     model, Xtr, ytr, Xte, yte, ftr = trained
     approx = closed_form_geometry(model, ftr)
-    dom = model.feature_domain
-
-    def exact_margin(f):
-        return geometry.flip_margins(f, model.head.weight, model.head.bias, dom.lower, dom.upper).margin
-
-    geo = DistanceFunctions(exact_margin, approx.hull_fn)
-    met, ps, _ = evaluate_attack(model, Xte[:60], yte[:60], ftr, ytr, "deepfool_batched", geo, box_aware=True,
-                                 train_margins=exact_margin(ftr[:500]))
-    # the hyperplane formula is a lower bound of the exact margin
+    det = Detectors.fit(model, ftr[:500], ytr[:500])
+    met, ps, _ = evaluate_attack(model, Xte[:60], yte[:60], ftr[:500], ytr[:500], "deepfool", det, n_boot=0)
+    # the hyperplane formula is a lower bound of the exact margin; the nearest point bounds the hull distance
     with torch.no_grad():
         f_clean = model.forward_features(Xte[:60][ps["index"]])
-    lb = approx.margin_fn(f_clean)
-    assert bool((ps["clean_margin"] >= lb - 1e-7).all())
-    assert met["auroc/margin"] > 0.9
+    assert bool((ps["clean_margin"] >= approx.margin_fn(f_clean) - 1e-7).all())
+    near = torch.cdist(f_clean.double(), ftr[:500].double()).amin(1)
+    assert bool((ps["clean_hull"] <= near + 1e-6).all())
+    assert met["auroc/margin"] > 0.9 and "auroc_lo/margin" not in met

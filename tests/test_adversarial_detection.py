@@ -192,7 +192,7 @@ def test_detection_table_keys():
     g = torch.Generator().manual_seed(0)
     flat, curves = detection_table({"margin": (torch.randn(30, generator=g), torch.randn(10, generator=g) + 5),
                                     "msp": (torch.randn(30, generator=g), torch.randn(10, generator=g))})
-    assert set(flat) == {"auroc/margin", "tpr5/margin", "threshold/margin", "auroc/msp", "tpr5/msp",
-                         "threshold/msp"}
+    assert set(flat) == {f"{m}/{s}" for m in ("auroc", "tpr5", "threshold", "aupr_in", "aupr_out", "fpr95")
+                         for s in ("margin", "msp")}
     assert flat["auroc/margin"] > 0.99
     assert {"fpr", "tpr", "thresholds", "auroc"} <= set(curves["margin"])

@@ -35,13 +35,13 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
         assert (out / name).is_file(), name
     figs = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"distance_histograms", "margin_vs_hull", "closest_class", "most_ambiguous", "least_ambiguous",
-            "table1_margins", "roc_deepfool", "roc_pgd"} <= figs
+            "table1_margins", "roc_deepfool", "roc_pgd_03", "roc_cw", "roc_margin_pgd"} <= figs
     assert not list(out.rglob("*.part*"))  # nothing half-written
     assert any(p.startswith("pixels_") for p in figs)  # the pixel-space studies ran and drew
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ["analysis/margin/median", "analysis/hull/median", "analysis/hull/projection_acc",
                 "pixel/hull/projection_acc", "pixel/hull/support_label_agreement", "adv/deepfool/auroc/margin",
-                "adv/pgd/success_rate", "pixels/inversion/flip/success_rate", "pixels/inversion/hull/success_rate"]:
+                "adv/pgd_03/success_rate", "adv/cw/auroc_lo/fdbd", "adv/margin_pgd/fpr95/knn", "pixels/inversion/flip/success_rate", "pixels/inversion/hull/success_rate"]:
         assert key in metrics and metrics[key] is not None, key
     assert metrics["analysis/n_eval"] == 96 and metrics["analysis/n_train"] == 256
     assert metrics["analysis/hull/certified_frac"] == 1.0
@@ -50,6 +50,8 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
     report = (out / "report.md").read_text()
     assert "Paper (ResNet-20, CIFAR-10) vs measured" in report and "Table 1" in report
     assert "![roc_deepfool](figures/roc_deepfool.png)" in report
+    assert "### AUROC (95% bootstrap interval)" in report and "| margin_pgd |" in report
+    assert metrics["adv/deepfool/success_rate"] >= 0.99
     assert "From feature space back to pixels" in report
     run = read_offline_run(find_offline_runs(tmp_path)[0])
     assert run.summary["analysis/margin/median"] == pytest.approx(metrics["analysis/margin/median"])

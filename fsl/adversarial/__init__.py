@@ -1,15 +1,22 @@
-"""Adversarial attacks and their detection in feature space (DESIGN section B); plain tensor functions.
+"""Adversarial attacks and their detection in feature space; plain tensor functions.
 
 See docs/adversarial.md. No Lightning import here: callbacks and analyze.py call these functions.
 """
-from fsl.adversarial.attacks import (ATTACKS, DEFAULT_PARAMS, AttackResult, attack_context, perturbation_norms,
-                                     run_attack, select_correct)
-from fsl.adversarial.detection import (SCORES, Mahalanobis, ambiguity_score, clean_threshold, detection_metrics,
-                                       detection_table, feature_space_summary, fit_mahalanobis, mahalanobis_score,
-                                       margin_score, msp_score, roc_curve, train_margin_rule)
-from fsl.adversarial.evaluate import AttackEvaluation, DistanceFunctions, evaluate_attack, summarize_attack
+from fsl.adversarial.attacks import (ATTACKS, DEFAULT_PARAMS, AttackResult, AttackSpec, attack_context,
+                                     perturbation_norms, run_attack, select_correct)
+from fsl.adversarial.detection import (SCORES, KNNDetector, Mahalanobis, ambiguity_score, bootstrap_ci,
+                                       clean_threshold, detection_metrics, detection_table, energy_score, fdbd_score,
+                                       feature_space_summary, fit_fdbd, fit_mahalanobis, knn_score,
+                                       mahalanobis_score, margin_score, msp_score, roc_curve, train_margin_rule)
+from fsl.adversarial.evaluate import (AttackEvaluation, Detectors, DistanceFunctions, evaluate_attack,
+                                      summarize_attack)
+from fsl.adversarial.success import GAP_RTOL, gap_tolerance, is_adversarial, logit_gap
+from fsl.adversarial.suites import load_suite, suite_for_data
 
-__all__ = ["ATTACKS", "DEFAULT_PARAMS", "AttackResult", "attack_context", "perturbation_norms", "run_attack",
-           "select_correct", "SCORES", "Mahalanobis", "ambiguity_score", "clean_threshold", "detection_metrics",
-           "detection_table", "feature_space_summary", "fit_mahalanobis", "mahalanobis_score", "margin_score",
-           "msp_score", "roc_curve", "train_margin_rule", "AttackEvaluation", "DistanceFunctions", "evaluate_attack", "summarize_attack"]
+__all__ = ["ATTACKS", "DEFAULT_PARAMS", "AttackResult", "AttackSpec", "attack_context", "perturbation_norms",
+           "run_attack", "select_correct", "SCORES", "KNNDetector", "Mahalanobis", "ambiguity_score", "bootstrap_ci",
+           "clean_threshold", "detection_metrics", "detection_table", "energy_score", "fdbd_score",
+           "feature_space_summary", "fit_fdbd", "fit_mahalanobis", "knn_score", "mahalanobis_score", "margin_score",
+           "msp_score", "roc_curve", "train_margin_rule", "AttackEvaluation", "Detectors", "DistanceFunctions",
+           "evaluate_attack", "summarize_attack", "GAP_RTOL", "gap_tolerance", "is_adversarial", "logit_gap",
+           "load_suite", "suite_for_data"]

@@ -1,9 +1,26 @@
-"""Adversarial attacks on fsl models through torchattacks (DESIGN B1).
+"""Adversarial attacks on fsl models: one registry, one entry point (:func:`run_attack`).
 
 Plain functions on tensors; no Lightning. Models take inputs in [0, 1] of shape ``(B, C, H, W)`` and
 normalise inside, which is what torchattacks expects.
 
-Robustness notes (why this module wraps torchattacks instead of calling it directly):
+==========================  ===========================================================  ======
+name                        implementation                                               norm
+==========================  ===========================================================  ======
+``deepfool``                fsl, the paper's overshoot on the total (ART's algorithm)     L2
+                            (:mod:`fsl.adversarial.deepfool`)
+``deepfool_torchattacks``   torchattacks' DeepFool: overshoot per step, clamped steps;   L2
+                            **stalls** at a float32 tie on saturated pixels (MNIST)
+``pgd``                     torchattacks ``PGD`` (Madry et al., arXiv 1706.06083)        L-inf
+``pgd_l2``                  torchattacks ``PGDL2``                                       L2
+``cw``                      fsl CW-L2 with confidence ``kappa`` (:mod:`fsl.adversarial.cw`) L2
+``margin_pgd``              fsl adaptive PGD against the margin detector                 L-inf
+                            (:mod:`fsl.adversarial.adaptive`)
+==========================  ===========================================================  ======
+
+Success is decided once, here, on the returned image: misclassified with a logit gap above float
+noise (:func:`fsl.adversarial.success.is_adversarial`), never by a tie.
+
+Robustness notes (why attacks run through this module):
 
 * **Inference mode.** Lightning's ``validate``/``test`` run under ``torch.inference_mode()``. Tensors
   created there are *inference tensors* and can never enter autograd, and grad mode is off. Every
@@ -12,36 +29,60 @@ Robustness notes (why this module wraps torchattacks instead of calling it direc
 * **Model mode and parameters.** The model is put in ``eval()`` for the attack and every submodule's
   own ``training`` flag is restored afterwards (torchattacks only calls ``model.train()`` on the root,
   which would un-freeze e.g. a frozen BatchNorm). Parameters get ``requires_grad=False`` during the
-  attack: torchattacks' DeepFool calls ``.backward()``, which would otherwise accumulate into the
-  parameters' ``.grad`` in the middle of a training epoch. Both are restored on exit, also on error.
-* **DeepFool quirks (torchattacks 3.5.1).** ``DeepFool.forward`` returns the images only, but older
-  releases returned ``(adv_images, target_labels)``; both are accepted. It loops over samples one at
-  a time (one forward and ``n_classes`` backward passes per sample and step), so it is slow; the
-  ``"deepfool_batched"`` attack below is the same algorithm on the whole batch (same update, same
-  per-step overshoot, same clamp, same per-sample early stop). The overshoot is applied to every
-  step's increment, not to the accumulated perturbation as in the DeepFool paper. The last step's
-  image is returned without a final check, so "success" is always measured by us, never assumed.
-  A zero gradient difference gives a 0/0 step (NaN image); such samples keep their clean image and
-  are reported as failed (``nonfinite``).
-* **Determinism.** PGD's random start draws from torch's global RNG; ``seed`` runs the attack in a
-  forked RNG state (the caller's RNG stream is left untouched).
+  attack (no ``.grad`` left behind in the middle of a training epoch). Both are restored on exit,
+  also on error.
+* **Non-finite images.** An attack that returns NaN/inf for a sample (a 0/0 step) gives that sample
+  its clean image back; it is reported as failed (``nonfinite``).
+* **Determinism.** Random starts draw from torch's global RNG; ``seed`` runs the attack in a forked
+  RNG state (the caller's RNG stream is left untouched).
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-ATTACKS = ("deepfool", "deepfool_batched", "pgd")
+from fsl.adversarial.adaptive import margin_pgd
+from fsl.adversarial.cw import cw_l2
+from fsl.adversarial.deepfool import deepfool
+from fsl.adversarial.success import is_adversarial, logit_gap
 
-DEFAULT_PARAMS: dict[str, dict[str, float | int | bool]] = {
-    "deepfool": {"steps": 50, "overshoot": 0.02},
-    "deepfool_batched": {"steps": 50, "overshoot": 0.02, "box_aware": False},
-    "pgd": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True},
+
+def _torchattack(cls_name: str):
+    """An attack function ``(model, images, labels, **params) -> images`` over a torchattacks class."""
+    def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **params) -> torch.Tensor:
+        import torchattacks  # imported lazily: heavy, and only needed here
+
+        out = getattr(torchattacks, cls_name)(model, **params)(images, labels)
+        if isinstance(out, (tuple, list)):  # older torchattacks DeepFool: (adv_images, target_labels)
+            out = out[0]
+        return out.detach()
+
+    run.__name__ = f"torchattacks.{cls_name}"
+    return run
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: ``fn(model, images, labels, **params) -> adv_images`` and its defaults."""
+
+    fn: Callable[..., torch.Tensor]
+    defaults: dict
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "deepfool": AttackSpec(deepfool, {"steps": 50, "overshoot": 0.02, "box": "auto"}),
+    "deepfool_torchattacks": AttackSpec(_torchattack("DeepFool"), {"steps": 50, "overshoot": 0.02}),
+    "pgd": AttackSpec(_torchattack("PGD"), {"eps": 0.3, "alpha": 0.0375, "steps": 20, "random_start": True}),
+    "pgd_l2": AttackSpec(_torchattack("PGDL2"), {"eps": 2.0, "alpha": 0.25, "steps": 20, "random_start": True}),
+    "cw": AttackSpec(cw_l2, {"kappa": 5.0, "c": 1.0, "steps": 100, "lr": 0.1, "binary_steps": 5}),
+    "margin_pgd": AttackSpec(margin_pgd, {"eps": 0.3, "alpha": None, "steps": 40, "random_start": True}),
 }
+DEFAULT_PARAMS: dict[str, dict] = {name: dict(spec.defaults) for name, spec in ATTACKS.items()}
 
 
 @dataclass
@@ -51,22 +92,26 @@ class AttackResult:
     Attributes:
         adv_images: ``(B, C, H, W)`` adversarial images in [0, 1] (the clean image where the attack
             produced a non-finite image).
-        success: ``(B,)`` bool, the model's prediction on ``adv_images`` differs from ``labels``.
+        success: ``(B,)`` bool, ``adv_images`` is adversarial for ``labels`` with a logit gap above
+            float noise (:func:`fsl.adversarial.success.is_adversarial`).
         adv_pred: ``(B,)`` long, the model's prediction on ``adv_images``.
+        gap: ``(B,)`` float, ``max_{k != y} z_k - z_y`` on ``adv_images``.
         l2: ``(B,)`` float, ``||adv - x||_2`` over all pixels of a sample.
         linf: ``(B,)`` float, ``max |adv - x|``.
         nonfinite: ``(B,)`` bool, the attack returned NaN/inf for this sample (counted as failed).
-        name: attack name; params: the parameters it ran with.
+        name: attack name; params: the parameters it ran with; seconds: wall time of the attack.
     """
 
     adv_images: torch.Tensor
     success: torch.Tensor
     adv_pred: torch.Tensor
+    gap: torch.Tensor
     l2: torch.Tensor
     linf: torch.Tensor
     nonfinite: torch.Tensor
     name: str
     params: dict
+    seconds: float = float("nan")
 
     @property
     def success_rate(self) -> float:
@@ -119,13 +164,19 @@ def _normal_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = 512) -> torch.Tensor:
-    """``(B,)`` predicted classes of ``images`` (model mode untouched; use under eval)."""
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int | None = 512) -> torch.Tensor:
+    """``(B, n)`` logits of ``images`` in batches (model mode untouched; use under eval)."""
     device = _model_device(model)
     n = images.shape[0]
     bs = n if not batch_size else int(batch_size)
-    out = [model(images[i:i + bs].to(device)).argmax(dim=1) for i in range(0, n, max(bs, 1))]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=device)
+    out = [model(images[i:i + bs].to(device)) for i in range(0, n, max(bs, 1))]
+    return torch.cat(out) if out else torch.empty(0, 0, device=device)
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = 512) -> torch.Tensor:
+    """``(B,)`` predicted classes of ``images`` (model mode untouched; use under eval)."""
+    logits = _logits(model, images, batch_size)
+    return logits.argmax(dim=1) if logits.numel() else torch.empty(0, dtype=torch.long, device=logits.device)
 
 
 def select_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -153,118 +204,33 @@ def perturbation_norms(adv_images: torch.Tensor, images: torch.Tensor) -> tuple[
     return delta.norm(p=2, dim=1), delta.abs().amax(dim=1)
 
 
-def _deepfool_batched(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      steps: int = 50, overshoot: float = 0.02, box_aware: bool = False) -> torch.Tensor:
-    """torchattacks' DeepFool, batched over samples (same update, overshoot, clamp and stopping).
-
-    Per step, for the samples still classified as ``labels``: the gradient of every logit (one
-    backward pass per class for the whole active batch; samples are independent in eval mode), the
-    linearised distance ``|f_k - f_y| / ||w_k - w_y||`` to every other class, and a step of
-    ``(1 + overshoot)`` times the minimal one, clamped to [0, 1]. A sample stops at the first step
-    that finds it misclassified.
-
-    ``box_aware=True`` (not in torchattacks) fixes DeepFool on images with saturated pixels (MNIST
-    background): the plain step points partly out of [0, 1], the clamp removes that part, and the
-    iterates approach the boundary from one side without crossing it (the logit gap shrinks
-    geometrically to float precision). With ``box_aware`` the gradient components that would push a
-    pixel already at 0 below 0 (or at 1 above 1) are zeroed before the distance and step are
-    computed, i.e. DeepFool's linearisation on the face of the box the image sits on.
-    """
-    adv = images.clone()
-    active = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
-    for _ in range(int(steps)):
-        idx = active.nonzero().flatten()
-        if idx.numel() == 0:
-            break
-        x = adv[idx].clone().requires_grad_(True)
-        logits = model(x)  # (A, n)
-        y = labels[idx]
-        pred = logits.argmax(dim=1)
-        flipped = pred != y
-        n_cls = logits.shape[1]
-        grads = []
-        for k in range(n_cls):
-            (g,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k + 1 < n_cls)
-            grads.append(g)
-        with torch.no_grad():
-            ws = torch.stack(grads, dim=1)  # (A, n, C, H, W)
-            ar = torch.arange(idx.numel(), device=x.device)
-            f0 = logits[ar, y]
-            w0 = ws[ar, y]
-            f_prime = logits - f0[:, None]  # (A, n); zero at y
-            w_prime = ws - w0[:, None]
-            if box_aware:
-                xd = x.detach()[:, None]
-                blocked = ((xd <= 0) & (w_prime < 0)) | ((xd >= 1) & (w_prime > 0))
-                w_prime = w_prime.masked_fill(blocked, 0.0)
-            norms = w_prime.flatten(2).norm(dim=2)  # (A, n)
-            value = f_prime.abs() / norms
-            value[ar, y] = float("inf")
-            # torch.min over NaN picks NaN like torchattacks; a NaN step is caught by the caller
-            hat = value.argmin(dim=1)
-            fp = f_prime[ar, hat].abs()
-            wp = w_prime[ar, hat]
-            wn2 = norms[ar, hat] ** 2
-            delta = (fp / wn2).view(-1, *([1] * (wp.dim() - 1))) * wp
-            new = torch.clamp(x.detach() + (1 + overshoot) * delta, 0, 1)
-            keep = flipped.view(-1, *([1] * (new.dim() - 1)))
-            adv[idx] = torch.where(keep, x.detach(), new)
-            active[idx[flipped]] = False
-    return adv
-
-
-def _make_torchattack(name: str, model: nn.Module, params: dict):
-    import torchattacks  # imported lazily: heavy, and only needed here
-
-    if name == "deepfool":
-        return torchattacks.DeepFool(model, steps=int(params["steps"]), overshoot=float(params["overshoot"]))
-    if name == "pgd":
-        return torchattacks.PGD(model, eps=float(params["eps"]), alpha=float(params["alpha"]),
-                                steps=int(params["steps"]), random_start=bool(params["random_start"]))
-    raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
-
-
-def _attack_chunk(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  params: dict) -> torch.Tensor:
-    if name == "deepfool_batched":
-        return _deepfool_batched(model, images, labels, steps=int(params["steps"]),
-                                 overshoot=float(params["overshoot"]), box_aware=bool(params["box_aware"]))
-    atk = _make_torchattack(name, model, params)
-    out = atk(images, labels)
-    if isinstance(out, (tuple, list)):  # older torchattacks DeepFool: (adv_images, target_labels)
-        out = out[0]
-    return out.detach()
-
-
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str = "deepfool", *,
                batch_size: int | None = 256, seed: int | None = 0, **params) -> AttackResult:
     """Attack ``images`` (``(B, C, H, W)`` in [0, 1]) with true ``labels`` (``(B,)``).
 
     Args:
         model: an fsl model (inputs in [0, 1], normalisation inside); any ``nn.Module`` mapping
-            images to logits works.
-        name: ``"deepfool"`` (torchattacks, defaults ``steps=50, overshoot=0.02``),
-            ``"deepfool_batched"`` (the same algorithm over the whole batch, much faster; extra
-            option ``box_aware=False``, see :func:`_deepfool_batched`), or
-            ``"pgd"`` (torchattacks, Linf, defaults ``eps=8/255, alpha=2/255, steps=10,
-            random_start=True``).
+            images to logits works (``margin_pgd`` also needs its linear ``head``).
+        name: a key of :data:`ATTACKS` (see the module's table); its defaults are in
+            :data:`DEFAULT_PARAMS`.
         batch_size: samples per attack call (``None``: all at once).
-        seed: seeds PGD's random start in a forked RNG (``None``: use the global RNG as is).
+        seed: seeds random starts in a forked RNG (``None``: use the global RNG as is).
         **params: override the attack's defaults; unknown keys raise.
 
-    Callers normally attack only correctly classified samples (:func:`select_correct`); samples
-    already misclassified count as "successful" here without being moved.
+    Callers normally attack only correctly classified samples (:func:`select_correct`); a sample
+    that is already adversarial counts as a success without being moved.
 
     Safe under ``torch.inference_mode()`` / ``torch.no_grad()``; the model's train/eval flags and
     parameters' ``requires_grad`` are restored. Returns an :class:`AttackResult` on the model's device.
     """
-    if name not in DEFAULT_PARAMS:
+    if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
-    unknown = set(params) - set(DEFAULT_PARAMS[name])
+    spec = ATTACKS[name]
+    unknown = set(params) - set(spec.defaults)
     if unknown:
         raise TypeError(f"run_attack({name!r}): unknown parameters {sorted(unknown)}; "
-                        f"valid: {sorted(DEFAULT_PARAMS[name])}")
-    full = {**DEFAULT_PARAMS[name], **params}
+                        f"valid: {sorted(spec.defaults)}")
+    full = {**spec.defaults, **params}
     if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"run_attack: need images (B, C, H, W) and labels (B,), got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
@@ -275,18 +241,19 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     with attack_context(model), _seeded(seed, device):
         x_all = _normal_tensor(images, device)
         y_all = _normal_tensor(labels, device).long()
+        if x_all.numel() and not bool(torch.isfinite(x_all).all()):
+            raise ValueError("run_attack: images contain NaN or inf; check the data pipeline")
         if x_all.numel() and (x_all.min() < 0 or x_all.max() > 1):
             raise ValueError("run_attack: images must lie in [0, 1] (models normalise inside)")
-        chunks = []
-        for i in range(0, n, max(bs, 1)):
-            chunks.append(_attack_chunk(name, model, x_all[i:i + bs], y_all[i:i + bs], full))
-        adv = torch.cat(chunks) if chunks else x_all.clone()
+        t0 = time.perf_counter()
+        chunks = [spec.fn(model, x_all[i:i + bs], y_all[i:i + bs], **full) for i in range(0, n, max(bs, 1))]
+        seconds = time.perf_counter() - t0
+        adv = torch.cat(chunks).detach() if chunks else x_all.clone()
         with torch.no_grad():
-            nonfinite = ~torch.isfinite(adv.flatten(1)).all(dim=1) if n else torch.zeros(0, dtype=torch.bool,
-                                                                                       device=device)
+            nonfinite = ~torch.isfinite(adv.flatten(1)).all(dim=1)
             adv = torch.where(nonfinite.view(-1, 1, 1, 1), x_all, adv)
-            adv_pred = predict(model, adv, bs)
-            success = (adv_pred != y_all) & ~nonfinite
+            logits = _logits(model, adv, bs)
+            success = is_adversarial(logits, y_all) & ~nonfinite
             l2, linf = perturbation_norms(adv, x_all)
-    return AttackResult(adv_images=adv, success=success, adv_pred=adv_pred, l2=l2, linf=linf,
-                        nonfinite=nonfinite, name=name, params=full)
+    return AttackResult(adv_images=adv, success=success, adv_pred=logits.argmax(dim=1), gap=logit_gap(logits, y_all),
+                        l2=l2, linf=linf, nonfinite=nonfinite, name=name, params=full, seconds=seconds)

@@ -2,14 +2,20 @@
 
 Every score follows one convention: **higher = more likely adversarial**.
 
-=================  =======================================  =========================================
-score              definition                               why
-=================  =======================================  =========================================
-``margin``         ``-d_min``                               adversarials sit next to a boundary
-``ambiguity``      ``-(d_min - d_h) = d_h - d_min``         near a boundary *and* far from the hull
-``msp``            ``-max softmax(logits)``                 baseline: low confidence
-``mahalanobis``    ``min_c sqrt((y-mu_c)^T S^-1 (y-mu_c))`` baseline: far from every class Gaussian
-=================  =======================================  =========================================
+=================  ===============================================  ==============================================
+score              definition                                       why
+=================  ===============================================  ==============================================
+``margin``         ``-d_min``                                       adversarials sit next to a boundary
+``ambiguity``      ``-(d_min - d_h) = d_h - d_min``                 near a boundary *and* far from the hull
+``msp``            ``-max softmax(logits)``                         baseline: low confidence
+``energy``         ``-T logsumexp(logits / T)``                     baseline: high free energy (Liu et al. 2020,
+                                                                    arXiv 2010.03759)
+``mahalanobis``    ``min_c sqrt((y-mu_c)^T S^-1 (y-mu_c))``         baseline: far from every class Gaussian
+``knn``            ``||y/|y| - t_(k)||``, ``t_(k)`` the k-th        baseline: far from the training features
+                   nearest normalised training feature              (Sun et al. 2022, arXiv 2204.06507)
+``fdbd``           ``-mean_{c!=p} |z_p - z_c| / (|w_p - w_c|        baseline: close to the decision boundaries
+                   |y - mu|)``, ``p = argmax z``                    (Liu and Qin 2024, arXiv 2312.11536)
+=================  ===============================================  ==============================================
 
 ``d_min`` is the feature-space margin (distance to the closest flip point, ``fsl.geometry.flip_margins``),
 ``d_h`` the distance to the convex hull of the training features (``fsl.geometry.hull_distances``).
@@ -28,6 +34,11 @@ samples the positives (label 1).
   sigmoid saturates (``sigmoid(-40) == sigmoid(-50)``), which creates ties and changes the AUROC.
   Scores are therefore replaced by their dense ranks scaled to [0, 1] before they reach
   torchmetrics; ranks preserve order and ties, so AUROC and ROC are unchanged and exact.
+* ``aupr_out`` / ``aupr_in``: exact step-wise average precision with adversarial / clean (scores
+  negated) as the positive class; ``fpr_at_95tpr``: the smallest FPR on the exact ROC curve with
+  ``TPR >= 0.95``.
+* :func:`bootstrap_ci`: percentile bootstrap intervals of these metrics (clean and adversarial
+  resampled independently, seeded), computed for all replicates at once from per-value counts.
 """
 from __future__ import annotations
 
@@ -38,7 +49,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-SCORES = ("margin", "ambiguity", "msp", "mahalanobis")
+SCORES = ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
 
 
 # --------------------------------------------------------------------------------------------- scores
@@ -133,6 +144,152 @@ def mahalanobis_score(features: torch.Tensor, model: Mahalanobis) -> torch.Tenso
     return model.score(features)
 
 
+def _finite_2d(name: str, t, dtype=torch.float64) -> torch.Tensor:
+    """``t`` as a 2-D float64 tensor; ValueError when it is not 2-D or holds NaN / inf."""
+    x = torch.as_tensor(t).detach().to(dtype)
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D tensor (rows, dims), got shape {tuple(x.shape)}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = int(bad.any(dim=1).sum())
+        raise ValueError(f"{name}: {int(bad.sum())} non-finite values (NaN/inf) in {rows} of {x.shape[0]} rows; "
+                         f"filter or fix them first")
+    return x
+
+
+def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Free energy ``-T * logsumexp(z / T)`` (``(B,)`` float64) of logits ``z`` ``(B, n)``.
+
+    Liu, Wang, Owens and Li, "Energy-based Out-of-distribution Detection", NeurIPS 2020
+    (arXiv 2010.03759). Confident (in-distribution) logits have a low energy, so the energy itself
+    already follows the convention higher = more adversarial. Computed in float64.
+    """
+    if not temperature > 0:
+        raise ValueError(f"energy_score: temperature must be > 0, got {temperature}")
+    z = _finite_2d("energy_score(logits)", logits)
+    return -temperature * torch.logsumexp(z / temperature, dim=1)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    # zero vectors stay zero (the norm clamp of pytorch-ood's KNN)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+class KNNDetector:
+    """Deep nearest-neighbour detector, fitted on (held in memory as) the training features.
+
+    Sun, Ming, Zhu and Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022
+    (arXiv 2204.06507): the score of a feature ``y`` is ``||y/||y|| - t_(k)||``, the Euclidean
+    distance to its ``k``-th nearest L2-normalised training feature ``t_(k)``.
+
+    Args:
+        train_features: ``(N, f)`` training features (any float dtype; kept as float64).
+        k: the neighbour rank, ``1 <= k <= N`` (the paper uses 50 on CIFAR-10).
+        normalize: L2-normalise training and query features (norms clamped at 1e-12, so zero vectors
+            stay zero). ``False`` uses the raw features.
+        chunk: queries per block; one block holds a ``(chunk, N)`` float64 distance matrix
+            (``8 * chunk * N`` bytes).
+
+    Attributes:
+        train: ``(N, f)`` float64 (normalised) training features.
+    """
+
+    def __init__(self, train_features: torch.Tensor, k: int = 50, normalize: bool = True, chunk: int = 4096):
+        tr = _finite_2d("KNNDetector(train_features)", train_features)
+        n = tr.shape[0]
+        if not 1 <= int(k) <= n:
+            raise ValueError(f"KNNDetector: k={k} must be between 1 and the number of training features ({n}); "
+                             f"pass k <= {n} or more training features")
+        if int(chunk) < 1:
+            raise ValueError(f"KNNDetector: chunk must be >= 1, got {chunk}")
+        self.k, self.normalize, self.chunk = int(k), bool(normalize), int(chunk)
+        self.train = _unit_rows(tr) if self.normalize else tr
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` float64 distance of ``features`` ``(B, f)`` to their ``k``-th nearest training feature."""
+        x = _finite_2d("KNNDetector.score(features)", features).to(self.train.device)
+        if x.shape[1] != self.train.shape[1]:
+            raise ValueError(f"KNNDetector.score: features have {x.shape[1]} dims, the training features "
+                             f"{self.train.shape[1]}")
+        if self.normalize:
+            x = _unit_rows(x)
+        out = [torch.cdist(x[i:i + self.chunk], self.train, compute_mode="donot_use_mm_for_euclid_dist")
+               .kthvalue(self.k, dim=1).values for i in range(0, x.shape[0], self.chunk)]
+        return torch.cat(out) if out else x.new_zeros(0)
+
+
+def knn_score(features: torch.Tensor, train_features: torch.Tensor, k: int = 50, normalize: bool = True,
+              chunk: int = 4096) -> torch.Tensor:
+    """``(B,)`` float64 k-th nearest-neighbour distance of ``features`` ``(B, f)`` among ``train_features``
+    ``(N, f)`` (Sun et al., ICML 2022, arXiv 2204.06507); see :class:`KNNDetector`.
+
+    Exact: distances are taken coordinate-wise in float64 (no ``|x|^2 - 2 x.y + |y|^2`` cancellation).
+    Cost ``O(B N f)`` time, ``8 * chunk * N`` bytes per block of queries.
+    """
+    return KNNDetector(train_features, k=k, normalize=normalize, chunk=chunk).score(features)
+
+
+def fit_fdbd(train_features: torch.Tensor) -> torch.Tensor:
+    """The mean training feature ``mu`` (``(f,)`` float64) that :func:`fdbd_score` centres features on."""
+    x = _finite_2d("fit_fdbd(train_features)", train_features)
+    if x.shape[0] == 0:
+        raise ValueError("fit_fdbd: no training features")
+    return x.mean(dim=0)
+
+
+def _weight_gaps(w: torch.Tensor) -> torch.Tensor:
+    """``(n, n)`` exact ``||w_p - w_c||``; ValueError naming any two classes with identical weight rows."""
+    gaps = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
+    off = ~torch.eye(w.shape[0], dtype=torch.bool, device=w.device)
+    zero = ((gaps == 0) & off).triu().nonzero()
+    if zero.numel():
+        pairs = ", ".join(f"({int(p)}, {int(c)})" for p, c in zero[:5])
+        raise ValueError(f"fdbd_score: classes {pairs} have identical weight vectors (||w_p - w_c|| = 0), so "
+                         f"the decision boundary between them is undefined; merge or drop one class of each pair")
+    return gaps
+
+
+def fdbd_score(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               train_mean: torch.Tensor) -> torch.Tensor:
+    """fDBD, the feature-space distance to the decision boundaries (``(B,)`` float64, negated).
+
+    Liu and Qin, "Fast Decision Boundary based Out-of-Distribution Detector", ICML 2024
+    (arXiv 2312.11536). With logits ``z = W f + b`` and ``p = argmax z``:
+
+        ``-(1/(n-1)) sum_{c != p} |z_p - z_c| / (||w_p - w_c|| * ||f - mu||)``
+
+    ``|z_p - z_c| / ||w_p - w_c||`` is the distance of ``f`` to the hyperplane where classes ``p`` and
+    ``c`` tie; dividing by ``||f - mu||`` (clamped at 1e-8, as pytorch-ood does) removes the feature
+    scale. In-distribution samples lie far from the boundaries, so the negation gives higher = more
+    adversarial.
+
+    Args:
+        features: ``(B, f)`` penultimate features.
+        weight: ``(n, f)`` linear head weight ``W`` (``n >= 2`` classes, pairwise distinct rows).
+        bias: ``(n,)`` head bias ``b`` or ``None`` (zero).
+        train_mean: ``(f,)`` mean training feature, :func:`fit_fdbd`.
+    """
+    x = _finite_2d("fdbd_score(features)", features)
+    w = _finite_2d("fdbd_score(weight)", weight).to(x.device)
+    n = w.shape[0]
+    b = torch.zeros(n, dtype=torch.float64, device=x.device) if bias is None else \
+        torch.as_tensor(bias).detach().to(x.device, torch.float64)
+    mu = torch.as_tensor(train_mean).detach().to(x.device, torch.float64)
+    if n < 2 or w.shape[1] != x.shape[1] or b.shape != (n,) or mu.shape != (x.shape[1],):
+        raise ValueError(f"fdbd_score: need features (B, f), weight (n >= 2, f), bias (n,), train_mean (f,); got "
+                         f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(mu.shape)}")
+    if not (torch.isfinite(b).all() and torch.isfinite(mu).all()):
+        raise ValueError("fdbd_score: bias or train_mean contains non-finite values")
+    gaps = _weight_gaps(w)
+    z = x @ w.T + b
+    top, pred = z.max(dim=1)
+    g = gaps[pred].index_put((torch.arange(x.shape[0], device=x.device), pred),
+                             torch.ones((), dtype=torch.float64, device=x.device))  # c == p: 0 / 1
+    boundary = ((top[:, None] - z) / g).sum(dim=1)
+    dist = (x - mu).norm(dim=1).clamp(min=1e-8)
+    return -boundary / ((n - 1) * dist)
+
+
 # -------------------------------------------------------------------------------------------- metrics
 def _as_1d_f64(t) -> torch.Tensor:
     t = torch.as_tensor(t).detach().to("cpu", torch.float64).flatten()
@@ -210,6 +367,39 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
+def _min_true_positives(n_adv: int, tpr: float) -> int:
+    """Smallest ``m`` with ``m / n_adv >= tpr`` in floating point (``n_adv`` when none is smaller)."""
+    m = int(math.ceil(tpr * n_adv))
+    while m > 0 and (m - 1) / n_adv >= tpr:
+        m -= 1
+    while m < n_adv and m / n_adv < tpr:
+        m += 1
+    return max(min(m, n_adv), 1)
+
+
+def _average_precision(tp: np.ndarray, fp: np.ndarray) -> float:
+    """Step-wise AP ``sum_i (R_i - R_{i-1}) P_i`` from cumulative counts at descending thresholds.
+
+    ``tp``, ``fp``: ``(U+1,)`` true/false positives when flagging ``score >= t_i`` (``t_0 = +inf``, so
+    ``tp[0] = fp[0] = 0``). Tied scores share one threshold, as in sklearn's
+    ``average_precision_score`` and torchmetrics' ``binary_average_precision``.
+    """
+    d_tp = np.diff(tp)
+    hit = d_tp > 0
+    precision = tp[1:][hit] / (tp[1:][hit] + fp[1:][hit])
+    return float(np.sum(d_tp[hit] * precision) / tp[-1])
+
+
+def _aupr_from_roc(roc: dict[str, np.ndarray], n_clean: int, n_adv: int) -> tuple[float, float]:
+    """``(aupr_in, aupr_out)`` from the exact ROC counts of :func:`roc_curve`."""
+    tp, fp = roc["n_true_pos"].astype(np.float64), roc["n_false_pos"].astype(np.float64)
+    aupr_out = _average_precision(tp, fp)
+    # clean positive, score negated: flag score <= t_i, i.e. everything except the ">= t_{i-1}" prefix
+    tp_in = np.concatenate([[0.0], (n_clean - fp[:-1])[::-1]])
+    fp_in = np.concatenate([[0.0], (n_adv - tp[:-1])[::-1]])
+    return _average_precision(tp_in, fp_in), aupr_out
+
+
 def detection_metrics(scores_clean, scores_adv, fpr: float = 0.05) -> dict[str, float]:
     """AUROC and TPR at ``fpr`` of adversarial (positive) vs clean (negative) scores.
 
@@ -220,15 +410,27 @@ def detection_metrics(scores_clean, scores_adv, fpr: float = 0.05) -> dict[str, 
 
     Returns a dict of floats: ``auroc``, ``tpr_at_5fpr`` (the key keeps this name for any ``fpr``),
     ``threshold`` (``tau``, flag ``score > tau``), ``fpr_at_threshold`` (achieved clean rate),
-    ``n_clean``, ``n_adv``. NaN metrics when either set is empty; NaN scores raise.
+    ``aupr_out``, ``aupr_in``, ``fpr_at_95tpr``, ``n_clean``, ``n_adv``. NaN metrics when either set
+    is empty; NaN scores raise.
+
+    * ``aupr_out``: average precision with adversarial as the positive class, the exact step-wise
+      ``sum_i (R_i - R_{i-1}) P_i`` over the distinct score values (flag ``score >= t_i``), equal to
+      sklearn's ``average_precision_score`` and torchmetrics' ``binary_average_precision``
+      (``thresholds=None``; cross-checked at run time).
+    * ``aupr_in``: the same with clean as the positive class and the scores negated.
+    * ``fpr_at_95tpr``: the smallest FPR over the exact ROC curve among its points with
+      ``TPR >= 0.95`` (``TPR = n_true_pos / n_adv`` in float64). With ``m`` the smallest count with
+      ``m / n_adv >= 0.95`` and ``a_(m)`` the ``m``-th largest adversarial score, this is
+      ``#{clean >= a_(m)} / n_clean`` (ties with ``a_(m)`` count as false positives).
     """
-    from torchmetrics.functional.classification import binary_auroc
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
     c, a = _check(scores_clean, scores_adv)
     out = {"n_clean": float(c.numel()), "n_adv": float(a.numel())}
     if c.numel() == 0 or a.numel() == 0:
         return {**out, "auroc": float("nan"), "tpr_at_5fpr": float("nan"), "threshold": float("nan"),
-                "fpr_at_threshold": float("nan")}
+                "fpr_at_threshold": float("nan"), "aupr_out": float("nan"), "aupr_in": float("nan"),
+                "fpr_at_95tpr": float("nan")}
     roc = roc_curve(c, a)
     # AUROC = area under the exact (float64) ROC; torchmetrics' binary_auroc computes the same area
     # in float32, used as a cross-check
@@ -246,7 +448,143 @@ def detection_metrics(scores_clean, scores_adv, fpr: float = 0.05) -> dict[str, 
     if abs(tpr_roc - tpr) > 1e-12 or abs(auroc - auroc_tm) > 1e-5:  # pragma: no cover - bug guard
         raise RuntimeError(f"detection_metrics: inconsistent results (TPR {tpr} vs ROC {tpr_roc}; "
                            f"AUROC {auroc} vs torchmetrics {auroc_tm})")
-    return {**out, "auroc": auroc, "tpr_at_5fpr": tpr, "threshold": tau, "fpr_at_threshold": achieved}
+    aupr_in, aupr_out = _aupr_from_roc(roc, c.numel(), a.numel())
+    m = _min_true_positives(a.numel(), 0.95)
+    fpr95 = float(roc["fpr"][roc["n_true_pos"] >= m].min())
+    fpr95_direct = float((c >= torch.sort(a, descending=True).values[m - 1]).double().mean())
+    # torchmetrics' AP on the dense ranks (float32), with adversarial and, negated, clean as positive
+    ap_out_tm = float(binary_average_precision(ranks, target))
+    ap_in_tm = float(binary_average_precision(1.0 - ranks, 1 - target))
+    if (abs(fpr95 - fpr95_direct) > 1e-12 or abs(aupr_out - ap_out_tm) > 1e-5
+            or abs(aupr_in - ap_in_tm) > 1e-5):  # pragma: no cover - bug guard
+        raise RuntimeError(f"detection_metrics: inconsistent results (FPR95 {fpr95} vs {fpr95_direct}; AP out "
+                           f"{aupr_out} vs torchmetrics {ap_out_tm}; AP in {aupr_in} vs {ap_in_tm})")
+    return {**out, "auroc": auroc, "tpr_at_5fpr": tpr, "threshold": tau, "fpr_at_threshold": achieved,
+            "aupr_out": aupr_out, "aupr_in": aupr_in, "fpr_at_95tpr": fpr95}
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+BOOTSTRAP_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr_at_95tpr", "tpr_at_5fpr")
+
+
+def _draw_indices(gen: torch.Generator, n_clean: int, n_adv: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` replicates, drawn one after the other (clean then adversarial), so replicate ``b``
+    does not depend on how replicates are grouped into blocks."""
+    ic, ia = [], []
+    for _ in range(count):
+        ic.append(torch.randint(n_clean, (n_clean,), generator=gen))
+        ia.append(torch.randint(n_adv, (n_adv,), generator=gen))
+    return torch.stack(ic), torch.stack(ia)
+
+
+def bootstrap_indices(n_clean: int, n_adv: int, n_boot: int = 1000, seed: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The resampling indices of :func:`bootstrap_replicates` / :func:`bootstrap_ci`.
+
+    Returns ``(idx_clean, idx_adv)``, ``(n_boot, n_clean)`` and ``(n_boot, n_adv)`` int64: replicate
+    ``b`` is ``clean[idx_clean[b]]`` vs ``adv[idx_adv[b]]``, each set drawn with replacement at its own
+    size (stratified), from ``torch.Generator("cpu").manual_seed(seed)``.
+    """
+    return _draw_indices(torch.Generator(device="cpu").manual_seed(int(seed)), n_clean, n_adv, n_boot)
+
+
+def _rowsum(x: torch.Tensor) -> torch.Tensor:
+    # a sequential scan: the same float rounding for any thread count (a tree reduction may not be)
+    return x.cumsum(dim=1)[:, -1]
+
+
+def _metrics_from_counts(neg: torch.Tensor, pos: torch.Tensor, k: int, m: int) -> dict[str, torch.Tensor]:
+    """The bootstrap metrics of ``B`` replicates from per-value counts.
+
+    Args:
+        neg, pos: ``(B, U)`` float64 counts of clean / adversarial samples at each of the ``U`` distinct
+            score values (ascending); every row of ``neg`` sums to ``n_clean``, of ``pos`` to ``n_adv``.
+        k: false positives allowed by the ``tpr_at_5fpr`` budget (:func:`_max_false_positives`).
+        m: true positives needed for ``TPR >= 0.95`` (:func:`_min_true_positives`).
+
+    Returns ``(B,)`` tensors with the definitions of :func:`detection_metrics`.
+    """
+    n_c, n_a = float(neg[0].sum()), float(pos[0].sum())
+    le_neg, le_pos = neg.cumsum(1), pos.cumsum(1)  # # <= v_u (exact integers)
+    ge_neg, ge_pos = n_c - le_neg + neg, n_a - le_pos + pos  # # >= v_u
+    # Mann-Whitney: an adversarial at v_u beats the clean below v_u and ties half of those at v_u
+    auroc = _rowsum(pos * (le_neg - 0.5 * neg)) / (n_a * n_c)
+    aupr_out = _rowsum(pos * ge_pos / (ge_pos + ge_neg).clamp(min=1)) / n_a
+    aupr_in = _rowsum(neg * le_neg / (le_neg + le_pos).clamp(min=1)) / n_c
+    # ge_* decrease along u, so "the largest u with ge >= j" is a count of a prefix
+    if k + 1 <= n_c:
+        u_tau = (ge_neg >= k + 1).sum(1, keepdim=True) - 1  # tau = (k+1)-th largest clean score
+        tpr = (n_a - le_pos.gather(1, u_tau)).squeeze(1) / n_a  # adversarial > tau
+    else:  # tau = -inf
+        tpr = torch.ones(neg.shape[0], dtype=torch.float64)
+    u_m = (ge_pos >= m).sum(1, keepdim=True) - 1  # the m-th largest adversarial score
+    fpr95 = ge_neg.gather(1, u_m).squeeze(1) / n_c
+    return {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr_at_95tpr": fpr95, "tpr_at_5fpr": tpr}
+
+
+def bootstrap_replicates(scores_clean, scores_adv, n_boot: int = 1000, seed: int = 0, fpr: float = 0.05
+                         ) -> dict[str, torch.Tensor]:
+    """Every metric of :data:`BOOTSTRAP_METRICS` on ``n_boot`` stratified resamples (``(n_boot,)`` float64).
+
+    Replicate ``b`` equals ``detection_metrics(clean[idx_clean[b]], adv[idx_adv[b]], fpr)`` with the
+    indices of :func:`bootstrap_indices` (same ``seed``). Rather than sorting each replicate, the
+    distinct values of the pooled scores are found once and a replicate is reduced to its counts per
+    value, ``(n_boot, U)``; AUROC is then the Mann-Whitney statistic, the APs and threshold metrics
+    cumulative sums over those counts. Cost ``O(n_boot (n_clean + n_adv + U))`` time, in blocks of
+    replicates of about 4M counts (32 MB) each. Empty sets give NaN replicates.
+    """
+    if int(n_boot) < 1:
+        raise ValueError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
+    c, a = _check(scores_clean, scores_adv)
+    n_c, n_a, n_boot = c.numel(), a.numel(), int(n_boot)
+    if n_c == 0 or n_a == 0:
+        return {name: torch.full((n_boot,), float("nan"), dtype=torch.float64) for name in BOOTSTRAP_METRICS}
+    uniq, inv = torch.unique(torch.cat([c, a]), sorted=True, return_inverse=True)
+    inv_c, inv_a, n_u = inv[:n_c], inv[n_c:], uniq.numel()
+    k, m = _max_false_positives(n_c, fpr), _min_true_positives(n_a, 0.95)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    block = max(1, 4_000_000 // (n_c + n_a + n_u))
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in BOOTSTRAP_METRICS}
+    for start in range(0, n_boot, block):
+        idx_c, idx_a = _draw_indices(gen, n_c, n_a, min(block, n_boot - start))
+        ones_c = torch.ones(idx_c.shape, dtype=torch.float64)
+        ones_a = torch.ones(idx_a.shape, dtype=torch.float64)
+        neg = torch.zeros(idx_c.shape[0], n_u, dtype=torch.float64).scatter_add_(1, inv_c[idx_c], ones_c)
+        pos = torch.zeros(idx_a.shape[0], n_u, dtype=torch.float64).scatter_add_(1, inv_a[idx_a], ones_a)
+        for name, v in _metrics_from_counts(neg, pos, k, m).items():
+            parts[name].append(v)
+    return {name: torch.cat(v) for name, v in parts.items()}
+
+
+def bootstrap_ci(scores_clean, scores_adv, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                 fpr: float = 0.05) -> dict[str, float]:
+    """Percentile bootstrap confidence intervals of the detection metrics (Efron, 1979; Efron and
+    Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13).
+
+    Clean and adversarial scores are resampled independently, each with replacement at its own size
+    (stratified: both class sizes stay fixed), ``n_boot`` times (:func:`bootstrap_replicates`). The
+    interval of a metric is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of its replicates
+    (linear interpolation, as ``numpy.quantile``). Seeded ``torch.Generator`` on the CPU: identical
+    inputs give identical intervals for any thread count. About 0.15-0.3 s for ``n_boot=1000`` on
+    1000 + 1000 scores (2 CPU cores).
+
+    Args:
+        scores_clean: ``(Nc,)`` clean scores; scores_adv: ``(Na,)`` adversarial scores.
+        n_boot: number of resamples; level: coverage in (0, 1); seed: generator seed;
+        fpr: the budget of ``tpr_at_5fpr``.
+
+    Returns ``{metric}_lo`` and ``{metric}_hi`` for ``metric`` in ``auroc, aupr_in, aupr_out,
+    fpr_at_95tpr, tpr_at_5fpr`` (NaN when either set is empty).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
+    reps = bootstrap_replicates(scores_clean, scores_adv, n_boot=n_boot, seed=seed, fpr=fpr)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    out: dict[str, float] = {}
+    for name, v in reps.items():
+        lo, hi = torch.quantile(v, q).tolist() if not torch.isnan(v).any() else (float("nan"),) * 2
+        out[f"{name}_lo"], out[f"{name}_hi"] = lo, hi
+    return out
 
 
 def train_margin_rule(adv_margin, train_margin, clean_margin=None) -> dict[str, float]:
@@ -327,24 +665,40 @@ def feature_space_summary(adv_margin, adv_hull, clean_margin=None, clean_hull=No
     return out
 
 
-def detection_table(scores: Mapping[str, tuple[torch.Tensor, torch.Tensor]], fpr: float = 0.05
-                    ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
-    """Metrics for several scores at once: ``{"auroc/<name>", "tpr5/<name>", "threshold/<name>"}``
-    and the ROC curves ``{name: {"fpr", "tpr", "thresholds", "auroc"}}``.
+_TABLE_KEYS = {"auroc": "auroc", "tpr5": "tpr_at_5fpr", "aupr_in": "aupr_in", "aupr_out": "aupr_out",
+               "fpr95": "fpr_at_95tpr"}
 
-    ``scores`` maps a score name to ``(clean, adversarial)`` score tensors.
+
+def detection_table(scores: Mapping[str, tuple[torch.Tensor, torch.Tensor]], fpr: float = 0.05,
+                    n_boot: int = 0, level: float = 0.95, seed: int = 0
+                    ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """Metrics for several scores at once and their ROC curves.
+
+    ``scores`` maps a score name to ``(clean, adversarial)`` score tensors. Returns
+    ``flat`` with ``auroc/<name>``, ``tpr5/<name>``, ``threshold/<name>``, ``aupr_in/<name>``,
+    ``aupr_out/<name>``, ``fpr95/<name>`` (see :func:`detection_metrics`) and, when ``n_boot > 0``,
+    the :func:`bootstrap_ci` bounds ``<metric>_lo/<name>``, ``<metric>_hi/<name>`` for ``<metric>`` in
+    ``auroc, tpr5, aupr_in, aupr_out, fpr95`` (the same ``seed`` for every name); and ``curves``
+    ``{name: {"fpr", "tpr", "thresholds", "auroc", ...}}``.
     """
     flat: dict[str, float] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
     for name, (clean, adv) in scores.items():
         met = detection_metrics(clean, adv, fpr)
-        flat[f"auroc/{name}"] = met["auroc"]
-        flat[f"tpr5/{name}"] = met["tpr_at_5fpr"]
+        for short, key in _TABLE_KEYS.items():
+            flat[f"{short}/{name}"] = met[key]
         flat[f"threshold/{name}"] = met["threshold"]
+        if n_boot > 0:
+            ci = bootstrap_ci(clean, adv, n_boot=n_boot, level=level, seed=seed, fpr=fpr)
+            for short, key in _TABLE_KEYS.items():
+                flat[f"{short}_lo/{name}"] = ci[f"{key}_lo"]
+                flat[f"{short}_hi/{name}"] = ci[f"{key}_hi"]
         curves[name] = {**roc_curve(clean, adv), "auroc": np.asarray(met["auroc"])}
     return flat, curves
 
 
-__all__: Sequence[str] = ["SCORES", "margin_score", "ambiguity_score", "msp_score", "Mahalanobis",
-                          "fit_mahalanobis", "mahalanobis_score", "detection_metrics", "roc_curve",
-                          "clean_threshold", "train_margin_rule", "feature_space_summary", "detection_table"]
+__all__: Sequence[str] = ["SCORES", "margin_score", "ambiguity_score", "msp_score", "energy_score", "Mahalanobis",
+                          "fit_mahalanobis", "mahalanobis_score", "KNNDetector", "knn_score", "fit_fdbd",
+                          "fdbd_score", "detection_metrics", "roc_curve", "clean_threshold", "BOOTSTRAP_METRICS",
+                          "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "train_margin_rule",
+                          "feature_space_summary", "detection_table"]

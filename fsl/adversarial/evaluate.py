@@ -1,6 +1,8 @@
-"""One call per attack: attack, feature-space geometry, detection scores and metrics (DESIGN B1-B3).
+"""One call per attack: attack, feature-space geometry, detection scores and metrics.
 
-The callbacks and ``analyze.py`` call :func:`evaluate_attack`; everything here is plain torch.
+The callbacks and ``analyze.py`` call :func:`evaluate_attack`; everything here is plain torch. The
+detectors are fitted once on the clean training features (:class:`Detectors`) and scored on the
+same clean and adversarial samples for every attack of a suite.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import torch
 from torch import nn
 
 from fsl.adversarial.attacks import attack_context, run_attack, select_correct
-from fsl.adversarial.detection import (Mahalanobis, ambiguity_score, detection_table, feature_space_summary,
-                                       fit_mahalanobis, margin_score, msp_score, train_margin_rule)
+from fsl.adversarial.detection import (SCORES, KNNDetector, Mahalanobis, ambiguity_score, detection_table,
+                                       energy_score, fdbd_score, feature_space_summary, fit_fdbd, fit_mahalanobis,
+                                       margin_score, msp_score, train_margin_rule)
+from fsl.adversarial.success import is_adversarial, logit_gap
 
 Tensor = torch.Tensor
 
@@ -54,6 +58,75 @@ class DistanceFunctions:
         return cls(margin_fn=margin_fn, hull_fn=hull_fn)
 
 
+@dataclass
+class Detectors:
+    """Every detector of the suite, fitted once on the clean training features.
+
+    Attributes:
+        geometry: margin ``d_min`` and hull distance ``d_h`` functions (ours: ``margin``, ``hull`` and
+            ``ambiguity`` scores).
+        mahalanobis: class Gaussians with a tied covariance (Lee et al., arXiv 1807.03888).
+        knn: k-th nearest normalised training feature (Sun et al., arXiv 2204.06507).
+        train_mean: ``(f,)`` mean training feature for fDBD (Liu & Qin, arXiv 2312.11536).
+        weight, bias: the model's linear head.
+        train_margins: ``(N,)`` margins of the clean training features (the paper's rule).
+    """
+
+    geometry: DistanceFunctions
+    mahalanobis: Mahalanobis
+    knn: KNNDetector
+    train_mean: Tensor
+    weight: Tensor
+    bias: Tensor
+    train_margins: Tensor
+
+    @classmethod
+    def fit(cls, model: nn.Module, train_features: Tensor, train_labels: Tensor,
+            geometry: DistanceFunctions | None = None, train_margins: Tensor | None = None,
+            mahalanobis: Mahalanobis | None = None, knn_k: int = 50) -> "Detectors":
+        """Fit on ``train_features`` ``(N, f)`` / ``train_labels`` ``(N,)``; ``geometry`` defaults to
+        :meth:`DistanceFunctions.from_model`, ``train_margins`` to ``geometry.margin_fn(train_features)``."""
+        feats = torch.as_tensor(train_features)
+        geometry = geometry or DistanceFunctions.from_model(model, feats)
+        if train_margins is None:
+            train_margins = geometry.margin_fn(feats)
+        if mahalanobis is None:
+            mahalanobis = fit_mahalanobis(feats, train_labels, num_classes=model.head.out_features)
+        return cls(geometry=geometry, mahalanobis=mahalanobis, knn=KNNDetector(feats, k=knn_k),
+                   train_mean=fit_fdbd(feats), weight=model.head.weight.detach().double().cpu(),
+                   bias=model.head.bias.detach().double().cpu(), train_margins=_cpu64(train_margins))
+
+    def per_sample(self, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
+        """``{margin, hull, ambiguity, msp, energy, mahalanobis, knn, fdbd}`` of ``(B, f)`` features and
+        their ``(B, n)`` logits, CPU float64. ``msp`` is the probability itself, ``ambiguity``
+        ``d_min - d_h``; the other three baselines are already scores (higher = adversarial)."""
+        f64 = _cpu64(features)
+        m, h = _cpu64(self.geometry.margin_fn(features)), _cpu64(self.geometry.hull_fn(features))
+        return {"margin": m, "hull": h, "ambiguity": m - h, "msp": _cpu64(-msp_score(logits)),
+                "energy": energy_score(_cpu64(logits)), "mahalanobis": _cpu64(self.mahalanobis.to("cpu").score(f64)),
+                "knn": self.knn.score(f64), "fdbd": fdbd_score(f64, self.weight, self.bias, self.train_mean)}
+
+
+def detector_scores(ps: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
+    """The detection scores (higher = adversarial) of the ``kind`` = ``clean`` / ``adv`` columns of
+    ``evaluate_attack``'s per-sample dict, one per name of ``SCORES``."""
+    g = lambda k: ps[f"{kind}_{k}"]  # noqa: E731
+    out = {"margin": margin_score(g("margin")), "ambiguity": ambiguity_score(g("margin"), g("hull")),
+           "msp": -g("msp"), "energy": g("energy"), "mahalanobis": g("mahalanobis"), "knn": g("knn"),
+           "fdbd": g("fdbd")}
+    assert tuple(out) == SCORES
+    return out
+
+
+#: dtypes of evaluate_attack's per-sample columns (collectives need one dtype per key on every rank)
+PER_SAMPLE_DTYPES: dict[str, torch.dtype] = {
+    "index": torch.long, "label": torch.long, "adv_pred": torch.long, "success": torch.bool,
+    "nonfinite": torch.bool, "gap": torch.float64, "l2": torch.float64, "linf": torch.float64,
+    **{f"{kind}_{k}": torch.float64 for kind in ("clean", "adv")
+       for k in ("margin", "hull", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")},
+}
+
+
 class AttackEvaluation(NamedTuple):
     """``(metrics, per_sample, roc)`` returned by :func:`evaluate_attack`."""
 
@@ -78,48 +151,40 @@ def _cpu64(t: Tensor) -> Tensor:
 
 
 def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_features: Tensor,
-                    train_labels: Tensor, attack: str = "deepfool", geometry: DistanceFunctions | None = None, *,
-                    train_margins: Tensor | None = None, mahalanobis: Mahalanobis | None = None,
+                    train_labels: Tensor, attack: str = "deepfool", detectors: Detectors | None = None, *,
                     only_correct: bool = True, batch_size: int | None = 256, seed: int | None = 0,
-                    fpr: float = 0.05, **attack_params) -> AttackEvaluation:
-    """Attack the (correctly classified) samples and measure everything of DESIGN B for them.
+                    fpr: float = 0.05, n_boot: int = 1000, **attack_params) -> AttackEvaluation:
+    """Attack the (correctly classified) samples, score every detector on them, summarise.
 
     Args:
         model: fsl model (``forward_features``, ``forward_head``, ``head``, ``feature_domain``).
         images: ``(B, C, H, W)`` in [0, 1]; labels: ``(B,)`` true classes.
-        train_features: ``(N, f)`` clean training features (Mahalanobis fit; default hull set).
-        train_labels: ``(N,)``.
-        attack: ``"deepfool"`` | ``"deepfool_batched"`` | ``"pgd"``; ``**attack_params`` override
-            its defaults (see :func:`fsl.adversarial.attacks.run_attack`).
-        geometry: margin and hull-distance functions; default ``DistanceFunctions.from_model``.
-        train_margins: ``(N,)`` margins of the clean training samples for the rule (computed with
-            ``geometry.margin_fn(train_features)`` when omitted: pass them to reuse across attacks).
-        mahalanobis: a fitted :class:`Mahalanobis` (fitted on the training features when omitted).
+        train_features: ``(N, f)`` clean training features; train_labels: ``(N,)`` (used to fit the
+            detectors when ``detectors`` is omitted).
+        attack: a name of :data:`fsl.adversarial.ATTACKS`; ``**attack_params`` override its defaults.
+        detectors: fitted :class:`Detectors` (fit once and pass them to reuse across attacks).
         only_correct: attack only samples the model classifies correctly (the design's setting).
-        fpr: the false-positive budget of the ``tpr5/*`` metrics.
+        fpr: the false-positive budget of the ``tpr5/*`` metrics; n_boot: bootstrap replicates of
+            the confidence intervals (0: none).
 
     Sets: the *attacked* samples are the correctly classified ones (``A`` of them); the clean
     negatives of every detector are all ``A`` clean originals, the positives the ``S`` successful
-    adversarial examples. Success is the model's prediction on the adversarial features
-    (``argmax forward_head(forward_features(adv))``) differing from the label.
+    adversarial examples. Success: the logits of the adversarial features
+    (``forward_head(forward_features(adv))``) are adversarial with a gap above float noise
+    (:func:`fsl.adversarial.success.is_adversarial`).
 
     Returns :class:`AttackEvaluation` ``(metrics, per_sample, roc)``:
 
-    * ``metrics``: Python floats, keys without prefix: ``success_rate``, ``n_attacked``,
-      ``n_success``, ``n_nonfinite``, ``l2/mean|median``, ``linf/mean|median`` (successful examples),
-      ``frac_margin_lt_hull``, ``frac_hull_shrank``, ``margin|hull|ambiguity/mean|median`` (adversarial),
-      ``clean_margin|clean_hull/mean|median`` (their clean originals), ``auroc/<score>``,
-      ``tpr5/<score>``, ``threshold/<score>`` for ``margin, ambiguity, msp, mahalanobis``,
-      ``rule/train_margin_caught``, ``rule/train_margin_threshold``, ``rule/train_margin_fpr``
-      (clean attacked samples the rule flags).
-    * ``per_sample``: CPU tensors of length ``A``: ``index`` (into ``images``), ``label``,
-      ``success``, ``adv_pred``, ``l2``, ``linf``, and for ``clean``/``adv``: ``*_margin``,
-      ``*_hull``, ``*_ambiguity`` (``margin - hull``), ``*_msp`` (max softmax probability),
-      ``*_mahalanobis``.
+    * ``metrics``: Python floats, keys without prefix (see :func:`summarize_attack`), plus
+      ``seconds`` (wall time of the attack itself).
+    * ``per_sample``: CPU tensors of length ``A`` with the keys of :data:`PER_SAMPLE_DTYPES`:
+      ``index`` (into ``images``), ``label``, ``success``, ``adv_pred``, ``gap`` (logit gap on the
+      adversarial image), ``l2``, ``linf``, ``nonfinite`` and, for ``clean``/``adv``, every column of
+      :meth:`Detectors.per_sample`.
     * ``roc``: ``{score: {"fpr", "tpr", "thresholds", "auroc", ...}}`` numpy arrays.
     """
-    if geometry is None:
-        geometry = DistanceFunctions.from_model(model, train_features)
+    if detectors is None:
+        detectors = Detectors.fit(model, train_features, train_labels)
     labels = torch.as_tensor(labels)
     with attack_context(model):  # eval mode, grads available; restored on exit
         with torch.no_grad():
@@ -138,60 +203,49 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         logits_clean = model.forward_head(f_clean)
         logits_adv = model.forward_head(f_adv)
         y_dev = y.to(logits_adv.device)
-        success = (logits_adv.argmax(dim=1) == y_dev).logical_not() & ~res.nonfinite.to(y_dev.device)
-        adv_pred = logits_adv.argmax(dim=1)
-
-        m_clean = _cpu64(geometry.margin_fn(f_clean))
-        m_adv = _cpu64(geometry.margin_fn(f_adv))
-        h_clean = _cpu64(geometry.hull_fn(f_clean))
-        h_adv = _cpu64(geometry.hull_fn(f_adv))
-        if train_margins is None:
-            train_margins = geometry.margin_fn(torch.as_tensor(train_features).to(f_clean.device))
-        if mahalanobis is None:
-            mahalanobis = fit_mahalanobis(train_features, train_labels, num_classes=logits_clean.shape[1])
-        maha = mahalanobis.to(f_clean.device)
-        maha_clean = _cpu64(maha.score(f_clean))
-        maha_adv = _cpu64(maha.score(f_adv))
-        msp_clean = _cpu64(-msp_score(logits_clean))
-        msp_adv = _cpu64(-msp_score(logits_adv))
+        success = is_adversarial(logits_adv, y_dev) & ~res.nonfinite.to(y_dev.device)
+        clean = detectors.per_sample(f_clean, logits_clean)
+        adv = detectors.per_sample(f_adv, logits_adv)
 
     per_sample = {
-        "index": index.cpu(), "label": y.cpu(), "success": success.cpu(), "adv_pred": adv_pred.cpu(),
-        "l2": res.l2.cpu(), "linf": res.linf.cpu(), "nonfinite": res.nonfinite.cpu(),
-        "clean_margin": m_clean, "adv_margin": m_adv, "clean_hull": h_clean, "adv_hull": h_adv,
-        "clean_ambiguity": m_clean - h_clean, "adv_ambiguity": m_adv - h_adv,
-        "clean_msp": msp_clean, "adv_msp": msp_adv,
-        "clean_mahalanobis": maha_clean, "adv_mahalanobis": maha_adv,
+        "index": index.cpu(), "label": y.cpu(), "success": success.cpu(), "adv_pred": logits_adv.argmax(1).cpu(),
+        "gap": _cpu64(logit_gap(logits_adv, y_dev)), "l2": _cpu64(res.l2), "linf": _cpu64(res.linf),
+        "nonfinite": res.nonfinite.cpu(),
+        **{f"clean_{k}": v for k, v in clean.items()}, **{f"adv_{k}": v for k, v in adv.items()},
     }
-    metrics, roc = summarize_attack(per_sample, train_margins, fpr=fpr)
+    metrics, roc = summarize_attack(per_sample, detectors.train_margins, fpr=fpr, n_boot=n_boot, seed=seed or 0)
+    metrics["seconds"] = res.seconds
     return AttackEvaluation(metrics=metrics, per_sample=per_sample, roc=roc)
 
 
-def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: float = 0.05
-                     ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: float = 0.05, n_boot: int = 1000,
+                     seed: int = 0) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
     """The metrics and ROC curves of :func:`evaluate_attack` from its ``per_sample`` tensors.
 
     Separate so that per-sample results computed on several processes (DDP shards) can be gathered
-    first and summarised once. Returns ``(metrics, roc)``.
+    first and summarised once. Returns ``(metrics, roc)``; ``metrics`` has every key of
+    :func:`fsl.adversarial.detection.feature_space_summary`, ``n_nonfinite``, ``gap/median`` (logit
+    gap of the successful examples), the :func:`fsl.adversarial.detection.detection_table` keys
+    (``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``tpr5``, ``threshold``, and with ``n_boot > 0``
+    their ``*_lo``/``*_hi`` bootstrap bounds) for every detector of ``SCORES``,
+    ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/<score>`` when NaN scores were dropped.
     """
     ps = {k: torch.as_tensor(v).cpu() for k, v in per_sample.items()}
     s = ps["success"].bool()
     m_clean, m_adv, h_clean, h_adv = ps["clean_margin"], ps["adv_margin"], ps["clean_hull"], ps["adv_hull"]
-    scores_clean = {"margin": margin_score(m_clean), "ambiguity": ambiguity_score(m_clean, h_clean),
-                    "msp": -ps["clean_msp"], "mahalanobis": ps["clean_mahalanobis"]}
-    scores_adv = {"margin": margin_score(m_adv[s]), "ambiguity": ambiguity_score(m_adv[s], h_adv[s]),
-                  "msp": -ps["adv_msp"][s], "mahalanobis": ps["adv_mahalanobis"][s]}
     metrics = feature_space_summary(m_adv[s], h_adv[s], m_clean[s], h_clean[s], success=s,
                                     l2=ps["l2"][s], linf=ps["linf"][s])
-    metrics["n_nonfinite"] = float(ps["nonfinite"].sum()) if "nonfinite" in ps else 0.0
+    metrics["n_nonfinite"] = float(ps["nonfinite"].sum())
+    metrics["gap/median"] = float(np.median(ps["gap"][s].numpy())) if bool(s.any()) else float("nan")
+    scores_clean, scores_adv = detector_scores(ps, "clean"), detector_scores(ps, "adv")
     table_in = {}
-    for name in scores_clean:
-        c, a = scores_clean[name], scores_adv[name]
+    for name in SCORES:
+        c, a = scores_clean[name], scores_adv[name][s]
         bad = int(torch.isnan(c).sum() + torch.isnan(a).sum())
         if bad:
             metrics[f"n_nan/{name}"] = float(bad)
         table_in[name] = (c[~torch.isnan(c)], a[~torch.isnan(a)])
-    flat, roc = detection_table(table_in, fpr=fpr)
+    flat, roc = detection_table(table_in, fpr=fpr, n_boot=n_boot, seed=seed)
     metrics.update(flat)
     rule = train_margin_rule(m_adv[s], torch.as_tensor(train_margins).cpu(), m_clean)
     metrics["rule/train_margin_caught"] = rule["caught"]

@@ -111,16 +111,22 @@ def analyze(cfg) -> AnalysisResult:
     adv_results = {}
     acfg = cfg.get("adversarial") or {}
     if acfg.get("enabled", True):
-        from fsl.adversarial import evaluate_attack
-        from fsl.adversarial.evaluate import DistanceFunctions
+        from fsl.adversarial.evaluate import Detectors, DistanceFunctions, evaluate_attack
+        from fsl.adversarial.suites import check_suite, load_suite, suite_for_data
 
+        suite = acfg.get("suite") or "auto"
+        attacks = check_suite(acfg["attacks"]) if acfg.get("attacks") else \
+            load_suite(suite_for_data(hp["data"]["name"]) if suite == "auto" else suite)
         geom = DistanceFunctions.from_model(model, train.features.double(), **dict(cfg.get("hull") or {}))
+        detectors = Detectors.fit(model, train.features, train.labels, geometry=geom,
+                                  train_margins=study.train_margin, knn_k=int(acfg.get("knn_k", 50)))
         a_idx = torch.arange(len(idx_te))[: acfg.get("n_samples") or None]
-        for name, params in (acfg.get("attacks") or {}).items():
-            params = dict(params or {})
+        for name, params in tqdm(attacks.items(), desc="attacks", leave=False):
+            params = dict(params)
             ev = evaluate_attack(model, images[a_idx], y_te[idx_te][a_idx], train.features, train.labels,
-                                 attack=params.pop("attack", name), geometry=geom, train_margins=study.train_margin,
-                                 batch_size=int(acfg.get("batch_size", 256)), seed=seed, **params)
+                                 attack=params.pop("attack"), detectors=detectors,
+                                 batch_size=int(acfg.get("batch_size", 256)), seed=seed,
+                                 n_boot=int(acfg.get("n_boot", 1000)), **params)
             adv_results[name] = ev
             metrics.update({f"adv/{name}/{k}": v for k, v in ev.metrics.items()})
     steps.update()
@@ -214,14 +220,7 @@ def render_report(cfg, metrics, study, names, ids, adv_results, hp, out: Results
             row.append("-" if j == int(ps["pred"][i]) else ("inf" if math.isinf(d) else f"{d:.3f}"))
         lines.append(f"| #{int(ps['index'][i])} | {names[int(ps['pred'][i])]} | " + " | ".join(row) + " |")
     if adv_results:
-        lines += ["", "## Adversarial detection", "",
-                  "| attack | success | frac d_min < d_h | frac d_h shrank | AUROC margin | AUROC ambiguity | AUROC MSP | AUROC Mahalanobis | TPR@5% margin | train-margin rule |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for name in adv_results:
-            g = lambda k: _fmt(m.get(f"adv/{name}/{k}"))  # noqa: E731
-            lines.append(f"| {name} | {g('success_rate')} | {g('frac_margin_lt_hull')} | {g('frac_hull_shrank')} | "
-                         f"{g('auroc/margin')} | {g('auroc/ambiguity')} | {g('auroc/msp')} | {g('auroc/mahalanobis')} | "
-                         f"{g('tpr5/margin')} | {g('rule/train_margin_caught')} |")
+        lines += ["", *adversarial_report_lines(m, list(adv_results))]
     if pixel_lines:
         lines += ["", *pixel_lines]
     lines += ["", "## Figures", ""]
@@ -230,6 +229,34 @@ def render_report(cfg, metrics, study, names, ids, adv_results, hp, out: Results
             lines.append(f"![{name}](figures/{path.name})")
     lines.append("")
     return "\n".join(lines)
+
+
+def adversarial_report_lines(m: dict, attacks: list[str]) -> list[str]:
+    """The report's attack table and detection table (attacks x detectors, AUROC with 95% CI)."""
+    from fsl.adversarial.detection import SCORES
+
+    g = lambda a, k: _fmt(m.get(f"adv/{a}/{k}"))  # noqa: E731
+    lines = ["## Adversarial detection", "",
+             "Attacked: correctly classified test samples. Success: misclassified with a logit gap above float "
+             "noise. Norms and gap: medians over the successful examples.", "",
+             "| attack | attacked | success | median L2 | median Linf | median logit gap | frac d_min < d_h | "
+             "frac d_h shrank | train-margin rule caught | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in attacks:
+        lines.append(f"| {a} | {g(a, 'n_attacked')} | {g(a, 'success_rate')} | {g(a, 'l2/median')} | "
+                     f"{g(a, 'linf/median')} | {g(a, 'gap/median')} | {g(a, 'frac_margin_lt_hull')} | "
+                     f"{g(a, 'frac_hull_shrank')} | {g(a, 'rule/train_margin_caught')} | {g(a, 'seconds')} |")
+
+    def cell(a: str, s: str, key: str = "auroc") -> str:
+        v, lo, hi = (m.get(f"adv/{a}/{k}/{s}") for k in (key, f"{key}_lo", f"{key}_hi"))
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and not math.isnan(lo) else f"{v:.3f}"
+
+    for key, title in (("auroc", "AUROC"), ("fpr95", "FPR at 95% TPR"), ("tpr5", "TPR at 5% FPR")):
+        lines += ["", f"### {title} (95% bootstrap interval), clean test samples vs successful adversarial examples",
+                  "", "| attack | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
+        lines += [f"| {a} | " + " | ".join(cell(a, s, key) for s in SCORES) + " |" for a in attacks]
+    return lines
 
 
 def _log_wandb(cfg, metrics: dict, out: ResultsDir) -> None:
