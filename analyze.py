@@ -14,7 +14,8 @@ def main(cfg: DictConfig) -> None:
     print(f"results: {result.results_dir}")
     for key in sorted(result.metrics):
         if key.startswith(("analysis/margin/median", "analysis/hull/median", "analysis/frac_hull_lt_margin",
-                           "analysis/acc", "pixel/hull/projection_acc", "adv/") ) and "/threshold" not in key:
+                           "analysis/acc", "pixel/hull/projection_acc")) or (
+                key.startswith("adv/") and key.endswith(("/success_rate", "/auroc/margin", "/l2/median"))):
             print(f"  {key} = {result.metrics[key]:.4g}")
 
 

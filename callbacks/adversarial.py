@@ -12,7 +12,8 @@ from fsl.analysis.distributed import gather_cat, world
 
 class AdversarialDetectionCallback(pl.Callback):
     """Attacks ``n_samples`` fixed validation samples with each attack of the suite (``attacks``:
-    ``{name: {attack: <fsl.adversarial.ATTACKS key>, **params}}``, ``configs/attacks/<suite>.yaml``),
+    ``{name: {attack: <fsl.adversarial.ATTACKS key>, **params}}``, ``configs/attacks/<suite>.yaml``;
+    ``None`` or empty: the suite of the data module's data set, ``fsl.adversarial.suite_for_data``),
     measures margin, hull distance and ambiguity of the adversarial features, and scores every
     detector of ``fsl.adversarial.SCORES`` on the same samples (AUROC, AUPR-in/out, FPR@95%TPR,
     TPR@5%FPR with bootstrap intervals, the train-margin rule). Logs ``adv/<name>/*`` and ROC curves.
@@ -21,13 +22,14 @@ class AdversarialDetectionCallback(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, n_samples: int = 200, n_train: int | None = 5000, seed: int = 0,
-                 attacks: dict | None = None, batch_size: int = 256, n_boot: int = 1000, log_media: bool = True,
-                 prefix: str = "adv"):
-        from fsl.adversarial.suites import check_suite, load_suite
+                 attacks: dict | None = None, batch_size: int = 256, n_boot: int = 1000, knn_k: int = 50,
+                 log_media: bool = True, prefix: str = "adv"):
+        from fsl.adversarial.suites import check_suite
 
         self.every_n_epochs, self.n_samples, self.n_train, self.seed = int(every_n_epochs), n_samples, n_train, int(seed)
-        self.attacks = check_suite(attacks if attacks is not None else load_suite("mnist"))
-        self.batch_size, self.n_boot, self.log_media, self.prefix = int(batch_size), int(n_boot), bool(log_media), prefix
+        self.attacks = check_suite(attacks) if attacks else None  # None or {}: the data set's suite
+        self.batch_size, self.n_boot, self.knn_k = int(batch_size), int(n_boot), int(knn_k)
+        self.log_media, self.prefix = bool(log_media), prefix
         self.last: dict = {}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -54,8 +56,12 @@ class AdversarialDetectionCallback(pl.Callback):
         geom = DistanceFunctions(
             margin_fn=lambda f: flip_margins(f.cpu(), w, b, dom.lower, dom.upper).margin,
             hull_fn=DistanceFunctions.from_model(net, train.features.double()).hull_fn)
-        detectors = Detectors.fit(net, train.features, train.labels, geometry=geom,
+        detectors = Detectors.fit(net, train.features, train.labels, geometry=geom, knn_k=self.knn_k,
                                   train_margins=train_margins(trainer, pl_module, train, self.n_train, self.seed))
+        if self.attacks is None:
+            from fsl.adversarial.suites import load_suite, suite_for_data
+
+            self.attacks = load_suite(suite_for_data(trainer.datamodule.name))
         # Chunks of the sample list, not single samples, are dealt out to the ranks, and each chunk's
         # attack is seeded by its position: random starts then do not depend on the world size.
         rank, size = world()
@@ -64,13 +70,13 @@ class AdversarialDetectionCallback(pl.Callback):
         for name, params in self.attacks.items():
             params = dict(params)
             attack = params.pop("attack")
-            t0 = time.perf_counter()
-            parts = []
+            parts, seconds = [], 0.0
             for k in range(rank, len(chunks), size):
                 rows = chunks[k]
                 ev = evaluate_attack(net, images[rows], evals.labels[rows], train.features, train.labels,
                                      attack=attack, detectors=detectors, batch_size=len(rows), seed=self.seed + k,
-                                     n_boot=0, **params)
+                                     summarize=False, **params)
+                seconds += ev.metrics["seconds"]
                 ps = dict(ev.per_sample)
                 ps["index"] = rows[ps["index"]]
                 parts.append(ps)
@@ -81,7 +87,7 @@ class AdversarialDetectionCallback(pl.Callback):
             order = torch.argsort(gathered["index"])
             gathered = {k: v[order] for k, v in gathered.items()}
             metrics, roc = summarize_attack(gathered, detectors.train_margins, n_boot=self.n_boot, seed=self.seed)
-            metrics["seconds"] = time.perf_counter() - t0
+            metrics["seconds"] = seconds  # the attack itself on this rank, as analyze.py logs it
             out[name] = {"metrics": metrics, "roc": roc, "per_sample": gathered}
         return out
 

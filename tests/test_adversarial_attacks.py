@@ -59,9 +59,19 @@ def gap_and_tol(model, x, y):
 
 def test_select_correct(trained):
     model, _, _, Xte, yte, _ = trained
+    gap, tol = gap_and_tol(model, Xte, yte)
+    assert torch.equal(select_correct(model, Xte, yte), -gap > tol)
     with torch.no_grad():
-        ref = model(Xte).argmax(1) == yte
-    assert torch.equal(select_correct(model, Xte, yte), ref)
+        assert torch.equal(select_correct(model, Xte, yte), model(Xte).argmax(1) == yte)  # no ties on real digits
+
+
+def test_select_correct_skips_a_tie():
+    """A clean sample at an exact tie is neither correct nor attacked, whatever argmax says."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    x = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.5, 0.50001]]).view(3, 1, 1, 2)
+    assert select_correct(model, x, torch.tensor([0, 0, 1])).tolist() == [False, True, False]
 
 
 def test_raw_torchattacks_fails_on_inference_tensors(trained):
@@ -89,8 +99,12 @@ def test_pgd_under_inference_mode(trained):
     assert torch.equal(r.success, gap > tol)  # success = a gap above float noise, on the returned images
     assert torch.allclose(r.gap, gap)
     assert torch.allclose(r.l2, (r.adv_images - x).flatten(1).norm(dim=1))
-    d = run_attack(model, x[:32], y[:32], "pgd")  # defaults: the MNIST budget 0.3
+    d = run_attack(model, x[:32], y[:32], "pgd")  # defaults: the MNIST budget 0.3, alpha 2.5 eps / steps
     assert float(d.linf.max()) <= 0.3 + 1e-6 and d.params["steps"] == 20 and d.success_rate > 0.9
+    one = run_attack(model, x[:32], y[:32], "pgd", eps=0.05, steps=1, random_start=False)
+    # a single step of size 2.5 * eps, projected back onto the eps-ball: every moved pixel sits at eps
+    moved = (one.adv_images - x[:32]).abs()
+    assert float(moved.max()) == pytest.approx(0.05, abs=1e-6)
 
 
 def test_pgd_seeded_and_leaves_global_rng_alone(trained):
@@ -213,6 +227,9 @@ def test_cw_reaches_its_confidence(trained):
         ta = torchattacks.CW(model, c=1.0, kappa=kappa, steps=60, lr=0.1)(x, y)
     ta_gap, _ = gap_and_tol(model, ta, y)
     assert float(ta_gap[ta_gap > 0].median()) < 0.5 * kappa
+    # kappa = 0: "found" still needs a gap above the tolerance, never a tie
+    z = run_attack(model, x[:8], y[:8], "cw", kappa=0.0, steps=30, binary_steps=2)
+    assert z.success_rate >= 0.9 and bool((z.gap[z.success] > 0).all())
 
 
 def test_margin_pgd_raises_the_exact_margin(trained):
@@ -263,6 +280,8 @@ def test_unknown_attack_params_and_bad_images(trained):
     model, _, _, Xte, yte, _ = trained
     with pytest.raises(ValueError, match="unknown attack"):
         run_attack(model, Xte[:2], yte[:2], "fgsm")
+    with pytest.raises(ValueError, match="deepfool_batched' was removed.*'deepfool'"):
+        run_attack(model, Xte[:2], yte[:2], "deepfool_batched")
     with pytest.raises(TypeError, match="unknown parameters"):
         run_attack(model, Xte[:2], yte[:2], "pgd", overshoot=0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -285,6 +304,8 @@ def test_suites_are_checked():
         suite_for_data("imagenet")
     with pytest.raises(ValueError, match="unknown attack suite"):
         load_suite("svhn")
+    with pytest.raises(ValueError, match="data set's suite"):
+        load_suite("auto")
     with pytest.raises(ValueError, match="'x'.*unknown attack 'fgsm'"):
         check_suite({"x": {"attack": "fgsm"}})
     with pytest.raises(ValueError, match="'p'.*unknown parameters \\['epsilon'\\]"):
@@ -360,3 +381,24 @@ def test_evaluate_attack_with_fsl_geometry_margins(trained):
     near = torch.cdist(f_clean.double(), ftr[:500].double()).amin(1)
     assert bool((ps["clean_hull"] <= near + 1e-6).all())
     assert met["auroc/margin"] > 0.9 and "auroc_lo/margin" not in met
+
+
+def test_a_nan_score_drops_the_sample_from_every_detector():
+    """One set of negatives for all detectors: a clean sample with a NaN hull distance is dropped
+    from every table (counted), so the detectors are compared on the same samples."""
+    from fsl.adversarial.evaluate import PER_SAMPLE_DTYPES, summarize_attack
+
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    ps = {k: (torch.rand(n, generator=g) if dt == torch.float64 else torch.zeros(n, dtype=dt))
+          for k, dt in PER_SAMPLE_DTYPES.items()}
+    ps = {k: v.double() if v.is_floating_point() else v for k, v in ps.items()}
+    ps["success"] = torch.arange(n) % 2 == 0
+    ps["clean_hull"][3] = float("nan")
+    met, roc = summarize_attack(ps, torch.rand(100, generator=g, dtype=torch.float64), n_boot=0)
+    assert met["n_nan/clean"] == 1.0 and met["n_nan/adv"] == 0.0
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[3] = False
+    for name, clean in (("margin", -ps["clean_margin"]), ("knn", ps["clean_knn"])):
+        direct = detection_metrics(clean[keep], {"margin": -ps["adv_margin"], "knn": ps["adv_knn"]}[name][ps["success"]])
+        assert met[f"auroc/{name}"] == pytest.approx(direct["auroc"]), name

@@ -26,9 +26,15 @@ def test_evaluation_scores_signs():
           "adv_margin": torch.tensor([0.1, 1.0]), "clean_hull": torch.tensor([1.0, 1.0]),
           "adv_hull": torch.tensor([0.5, 1.0]), "clean_msp": torch.tensor([0.9, 0.8]),
           "adv_msp": torch.tensor([0.5, 0.7]), "clean_mahalanobis": torch.tensor([1.0, 2.0]),
-          "adv_mahalanobis": torch.tensor([3.0, 4.0])}
+          "adv_mahalanobis": torch.tensor([3.0, 4.0]), "clean_energy": torch.tensor([-5.0, -4.0]),
+          "adv_energy": torch.tensor([-1.0, -2.0]), "clean_knn": torch.tensor([0.2, 0.3]),
+          "adv_knn": torch.tensor([0.6, 0.7]), "clean_fdbd": torch.tensor([-0.5, -0.4]),
+          "adv_fdbd": torch.tensor([-0.1, -0.2])}
     s = evaluation_scores(ps)
     np.testing.assert_allclose(s["margin"][1], [-0.1])
     np.testing.assert_allclose(s["ambiguity"][0], [-1.0, -2.0])
     np.testing.assert_allclose(s["msp"][1], [-0.5])
     np.testing.assert_allclose(s["mahalanobis"][1], [3.0])
+    np.testing.assert_allclose(s["energy"][1], [-1.0])
+    np.testing.assert_allclose(s["knn"][0], [0.2, 0.3])
+    np.testing.assert_allclose(s["fdbd"][1], [-0.1])

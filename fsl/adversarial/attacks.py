@@ -17,8 +17,9 @@ name                        implementation                                      
                             (:mod:`fsl.adversarial.adaptive`)
 ==========================  ===========================================================  ======
 
-Success is decided once, here, on the returned image: misclassified with a logit gap above float
-noise (:func:`fsl.adversarial.success.is_adversarial`), never by a tie.
+Success is decided by one rule on the returned image: misclassified with a logit gap above float
+noise (:func:`fsl.adversarial.success.is_adversarial`), never by a tie; the attacked samples are
+those classified correctly by the mirrored rule (:func:`select_correct`).
 
 Robustness notes (why attacks run through this module):
 
@@ -49,14 +50,17 @@ from torch import nn
 from fsl.adversarial.adaptive import margin_pgd
 from fsl.adversarial.cw import cw_l2
 from fsl.adversarial.deepfool import deepfool
-from fsl.adversarial.success import is_adversarial, logit_gap
+from fsl.adversarial.success import gap_tolerance, is_adversarial, logit_gap
 
 
 def _torchattack(cls_name: str):
-    """An attack function ``(model, images, labels, **params) -> images`` over a torchattacks class."""
+    """An attack function ``(model, images, labels, **params) -> images`` over a torchattacks class;
+    ``alpha=None`` means Madry et al.'s ``2.5 * eps / steps``."""
     def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **params) -> torch.Tensor:
         import torchattacks  # imported lazily: heavy, and only needed here
 
+        if "alpha" in params and params["alpha"] is None:
+            params = {**params, "alpha": 2.5 * float(params["eps"]) / max(int(params["steps"]), 1)}
         out = getattr(torchattacks, cls_name)(model, **params)(images, labels)
         if isinstance(out, (tuple, list)):  # older torchattacks DeepFool: (adv_images, target_labels)
             out = out[0]
@@ -77,8 +81,8 @@ class AttackSpec:
 ATTACKS: dict[str, AttackSpec] = {
     "deepfool": AttackSpec(deepfool, {"steps": 50, "overshoot": 0.02, "box": "auto"}),
     "deepfool_torchattacks": AttackSpec(_torchattack("DeepFool"), {"steps": 50, "overshoot": 0.02}),
-    "pgd": AttackSpec(_torchattack("PGD"), {"eps": 0.3, "alpha": 0.0375, "steps": 20, "random_start": True}),
-    "pgd_l2": AttackSpec(_torchattack("PGDL2"), {"eps": 2.0, "alpha": 0.25, "steps": 20, "random_start": True}),
+    "pgd": AttackSpec(_torchattack("PGD"), {"eps": 0.3, "alpha": None, "steps": 20, "random_start": True}),
+    "pgd_l2": AttackSpec(_torchattack("PGDL2"), {"eps": 2.0, "alpha": None, "steps": 20, "random_start": True}),
     "cw": AttackSpec(cw_l2, {"kappa": 5.0, "c": 1.0, "steps": 100, "lr": 0.1, "binary_steps": 5}),
     "margin_pgd": AttackSpec(margin_pgd, {"eps": 0.3, "alpha": None, "steps": 40, "random_start": True}),
 }
@@ -181,18 +185,22 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = 512
 
 def select_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    batch_size: int | None = 512) -> torch.Tensor:
-    """``(B,)`` bool mask of the samples the model (in eval mode) classifies correctly.
+    """``(B,)`` bool mask of the samples the model (in eval mode) classifies correctly, by the margin
+    of :func:`fsl.adversarial.success.is_adversarial` mirrored: the true logit beats every other by
+    more than the tolerance (a clean sample at a float32 tie is neither attacked nor a negative).
 
     Works under ``torch.inference_mode()``; the model's mode is restored.
     """
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        pred = predict(model, images, batch_size)
+        logits = _logits(model, images, batch_size)
     finally:
         for m, training in modes:
             m.training = training
-    return pred == labels.to(pred.device)
+    if logits.numel() == 0:
+        return torch.zeros(images.shape[0], dtype=torch.bool, device=logits.device)
+    return -logit_gap(logits, labels.to(logits.device)) > gap_tolerance(logits)
 
 
 def perturbation_norms(adv_images: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +231,10 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     Safe under ``torch.inference_mode()`` / ``torch.no_grad()``; the model's train/eval flags and
     parameters' ``requires_grad`` are restored. Returns an :class:`AttackResult` on the model's device.
     """
+    if name == "deepfool_batched":
+        raise ValueError("attack 'deepfool_batched' was removed: it reproduced torchattacks' per-step overshoot, "
+                         "which stalls on the boundary at a float32 tie. Use 'deepfool' (the paper's and ART's "
+                         "algorithm) or 'deepfool_torchattacks' (torchattacks' own)")
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
     spec = ATTACKS[name]

@@ -5,7 +5,8 @@ Networks", IEEE S&P 2017, arXiv 1608.04644), batched, untargeted.
     x(w) = (tanh(w) + 1) / 2  in [0, 1]
 
 with Adam on ``w``, a binary search over ``c`` per sample and the early abort of a stalled loss
-(checked every tenth of the steps), as in the authors' code. An iterate
+(checked every tenth of the steps on the batch's loss, so the number of steps depends on the
+batch), as in the authors' code. An iterate
 counts as found only when its logit gap ``max_{k != y} z_k - z_y`` reaches ``kappa`` (the authors'
 ``compare`` with confidence); the smallest-L2 such iterate is returned. With ``kappa > 0`` the
 examples lie *inside* the wrong region, at a logit gap of at least ``kappa``: the honest test for
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsl.adversarial.success import logit_gap
+from fsl.adversarial.success import is_adversarial, logit_gap
 
 
 def _to_tanh_space(x: torch.Tensor) -> torch.Tensor:
@@ -66,9 +67,10 @@ def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kappa: f
             logits = model(x)
             gap = logit_gap(logits, labels)
             l2sq = (x - x0).flatten(1).pow(2).sum(dim=1)
-            loss = (l2sq + cc * torch.clamp(-gap, min=-float(kappa))).sum()
+            # the authors' loss1 = max(z_y - max_other + kappa, 0): >= 0, so a stall can be detected
+            loss = (l2sq + cc * torch.clamp(float(kappa) - gap, min=0)).sum()
             with torch.no_grad():
-                ok = gap.detach() >= float(kappa)
+                ok = (gap.detach() >= float(kappa)) & is_adversarial(logits.detach(), labels)
                 better = ok & (l2sq.detach() < best_l2)
                 best_l2 = torch.where(better, l2sq.detach(), best_l2)
                 best = torch.where(better.view(shape), x.detach(), best)
@@ -78,8 +80,7 @@ def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kappa: f
                 if float(loss) > 0.9999 * prev:
                     break
                 prev = float(loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (w.grad,) = torch.autograd.grad(loss, w)  # the model's parameters get no .grad
             opt.step()
         # binary search on c (per sample): success -> smaller c, failure -> larger c
         hi = torch.where(found, torch.minimum(hi, const), hi)

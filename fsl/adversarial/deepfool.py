@@ -72,9 +72,12 @@ def _step(x: torch.Tensor, z: torch.Tensor, grads: torch.Tensor, y: torch.Tensor
     value = torch.nan_to_num(gaps / norms, nan=float("inf"))  # inf: a boundary cannot be approached
     value[ar, y] = float("inf")
     hat = value.argmin(dim=1)
-    reachable = torch.isfinite(value[ar, hat])
-    need = gaps[ar, hat]
-    coef = torch.where(reachable, need / norms[ar, hat].clamp_min(1e-30) ** 2, torch.zeros_like(need))
+    need, nrm = gaps[ar, hat], norms[ar, hat]
+    # need == 0: the linearisation says the target is reached but the candidate is not adversarial;
+    # such a sample cannot make progress and stops (it fails)
+    reachable = torch.isfinite(value[ar, hat]) & (need > 0) & (nrm > 0)
+    coef = torch.where(reachable, need / nrm.clamp_min(torch.finfo(nrm.dtype).tiny) / nrm.clamp_min(
+        torch.finfo(nrm.dtype).tiny), torch.zeros_like(need))
     direction = w_diff[ar, hat]
     new = (x + coef.view(shape) * direction).clamp(0, 1)
     progress = ((new - x) * direction).flatten(1).sum(dim=1) / need.clamp_min(1e-30)
@@ -94,7 +97,7 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
         box: ``"auto"`` (the paper's clipped step, box-aware where the clip removes more than half
             of it), ``"never"`` (the clipped step only) or ``"always"`` (box-aware steps only).
 
-    Samples already adversarial are returned unchanged.
+    Samples already adversarial with ``STOP_FACTOR`` times the tolerance are returned unchanged.
     """
     if box not in ("auto", "never", "always"):
         raise ValueError(f"deepfool: box must be 'auto', 'never' or 'always', got {box!r}")
@@ -123,7 +126,7 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
             target = STOP_FACTOR * gap_tolerance(z)
             new, reachable, progress = _step(xd, z, grads, y, box == "always", target)
             if box == "auto":
-                cut = (progress < 0.5) | ~reachable  # the clip removed most of the step
+                cut = (progress < 0.5) & reachable  # the clip removed most of the step
                 if bool(cut.any()):
                     new_b, reach_b, _ = _step(xd[cut], z[cut], grads[cut], y[cut], True, target[cut])
                     new[cut], reachable[cut] = new_b, reach_b

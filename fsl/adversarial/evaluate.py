@@ -99,12 +99,13 @@ class Detectors:
     def per_sample(self, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
         """``{margin, hull, ambiguity, msp, energy, mahalanobis, knn, fdbd}`` of ``(B, f)`` features and
         their ``(B, n)`` logits, CPU float64. ``msp`` is the probability itself, ``ambiguity``
-        ``d_min - d_h``; the other three baselines are already scores (higher = adversarial)."""
+        ``d_min - d_h``; the other four baselines are already scores (higher = adversarial).
+        Non-finite features or logits raise ``ValueError`` (the baselines refuse them)."""
         f64 = _cpu64(features)
         m, h = _cpu64(self.geometry.margin_fn(features)), _cpu64(self.geometry.hull_fn(features))
         return {"margin": m, "hull": h, "ambiguity": m - h, "msp": _cpu64(-msp_score(logits)),
                 "energy": energy_score(_cpu64(logits)), "mahalanobis": _cpu64(self.mahalanobis.to("cpu").score(f64)),
-                "knn": self.knn.score(f64), "fdbd": fdbd_score(f64, self.weight, self.bias, self.train_mean)}
+                "knn": _cpu64(self.knn.score(f64)), "fdbd": fdbd_score(f64, self.weight, self.bias, self.train_mean)}
 
 
 def detector_scores(ps: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
@@ -153,7 +154,8 @@ def _cpu64(t: Tensor) -> Tensor:
 def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_features: Tensor,
                     train_labels: Tensor, attack: str = "deepfool", detectors: Detectors | None = None, *,
                     only_correct: bool = True, batch_size: int | None = 256, seed: int | None = 0,
-                    fpr: float = 0.05, n_boot: int = 1000, **attack_params) -> AttackEvaluation:
+                    fpr: float = 0.05, n_boot: int = 1000, summarize: bool = True,
+                    **attack_params) -> AttackEvaluation:
     """Attack the (correctly classified) samples, score every detector on them, summarise.
 
     Args:
@@ -166,6 +168,8 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         only_correct: attack only samples the model classifies correctly (the design's setting).
         fpr: the false-positive budget of the ``tpr5/*`` metrics; n_boot: bootstrap replicates of
             the confidence intervals (0: none).
+        summarize: ``False`` skips the metrics (``metrics`` then holds only ``seconds``), for callers
+            that gather per-sample results first (DDP) and call :func:`summarize_attack` once.
 
     Sets: the *attacked* samples are the correctly classified ones (``A`` of them); the clean
     negatives of every detector are all ``A`` clean originals, the positives the ``S`` successful
@@ -213,7 +217,8 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         "nonfinite": res.nonfinite.cpu(),
         **{f"clean_{k}": v for k, v in clean.items()}, **{f"adv_{k}": v for k, v in adv.items()},
     }
-    metrics, roc = summarize_attack(per_sample, detectors.train_margins, fpr=fpr, n_boot=n_boot, seed=seed or 0)
+    metrics, roc = summarize_attack(per_sample, detectors.train_margins, fpr=fpr, n_boot=n_boot, seed=seed or 0) \
+        if summarize else ({}, {})
     metrics["seconds"] = res.seconds
     return AttackEvaluation(metrics=metrics, per_sample=per_sample, roc=roc)
 
@@ -228,7 +233,8 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     gap of the successful examples), the :func:`fsl.adversarial.detection.detection_table` keys
     (``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``tpr5``, ``threshold``, and with ``n_boot > 0``
     their ``*_lo``/``*_hi`` bootstrap bounds) for every detector of ``SCORES``,
-    ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/<score>`` when NaN scores were dropped.
+    ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/clean``, ``n_nan/adv`` (samples dropped
+    from every detector because one of their scores is NaN).
     """
     ps = {k: torch.as_tensor(v).cpu() for k, v in per_sample.items()}
     s = ps["success"].bool()
@@ -238,13 +244,13 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     metrics["n_nonfinite"] = float(ps["nonfinite"].sum())
     metrics["gap/median"] = float(np.median(ps["gap"][s].numpy())) if bool(s.any()) else float("nan")
     scores_clean, scores_adv = detector_scores(ps, "clean"), detector_scores(ps, "adv")
-    table_in = {}
-    for name in SCORES:
-        c, a = scores_clean[name], scores_adv[name][s]
-        bad = int(torch.isnan(c).sum() + torch.isnan(a).sum())
-        if bad:
-            metrics[f"n_nan/{name}"] = float(bad)
-        table_in[name] = (c[~torch.isnan(c)], a[~torch.isnan(a)])
+    # one set of negatives and one of positives for every detector: a sample with any NaN score
+    # (e.g. a hull distance that could not be computed) is dropped from all of them, and counted
+    ok_clean = torch.stack([~torch.isnan(v) for v in scores_clean.values()]).all(dim=0)
+    ok_adv = torch.stack([~torch.isnan(v) for v in scores_adv.values()]).all(dim=0) & s
+    metrics["n_nan/clean"] = float((~ok_clean).sum())
+    metrics["n_nan/adv"] = float((s & ~ok_adv).sum())
+    table_in = {name: (scores_clean[name][ok_clean], scores_adv[name][ok_adv]) for name in SCORES}
     flat, roc = detection_table(table_in, fpr=fpr, n_boot=n_boot, seed=seed)
     metrics.update(flat)
     rule = train_margin_rule(m_adv[s], torch.as_tensor(train_margins).cpu(), m_clean)

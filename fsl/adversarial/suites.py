@@ -30,6 +30,9 @@ def load_suite(name: str) -> dict[str, dict]:
     from fsl.config import CONFIG_DIR
 
     path = CONFIG_DIR / "attacks" / f"{name}.yaml"
+    if name == "auto":
+        raise ValueError("load_suite('auto'): 'auto' stands for the data set's suite; pass "
+                         "suite_for_data(<data set name>)")
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ValueError(f"unknown attack suite {name!r}; known: {known} (files in {path.parent})")

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from fsl.plots.common import save_figure  # noqa: E402,F401  (re-exported)
 
 LABELS = {"margin": "margin (-d_min)", "ambiguity": "ambiguity (d_h - d_min)", "msp": "max softmax (-MSP)",
-          "mahalanobis": "Mahalanobis"}
+          "energy": "energy", "mahalanobis": "Mahalanobis", "knn": "KNN (k-th distance)", "fdbd": "fDBD"}
 
 
 def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adversarial detection",
@@ -82,15 +82,11 @@ def score_histograms(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], title:
 def evaluation_scores(per_sample: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{score: (clean, adversarial)}`` from ``evaluate_attack(...).per_sample`` (successful only),
     with the sign convention of :mod:`fsl.adversarial.detection`."""
-    def arr(k):
-        v = per_sample[k]
-        return np.asarray(v.cpu() if hasattr(v, "cpu") else v)
+    import torch
 
-    s = arr("success").astype(bool)
-    cm, am, ch, ah = arr("clean_margin"), arr("adv_margin"), arr("clean_hull"), arr("adv_hull")
-    return {
-        "margin": (-cm, -am[s]),
-        "ambiguity": (ch - cm, (ah - am)[s]),
-        "msp": (-arr("clean_msp"), -arr("adv_msp")[s]),
-        "mahalanobis": (arr("clean_mahalanobis"), arr("adv_mahalanobis")[s]),
-    }
+    from fsl.adversarial.evaluate import detector_scores
+
+    ps = {k: torch.as_tensor(np.asarray(v.cpu() if hasattr(v, "cpu") else v)) for k, v in per_sample.items()}
+    s = ps["success"].bool()
+    clean, adv = detector_scores(ps, "clean"), detector_scores(ps, "adv")
+    return {name: (clean[name].numpy(), adv[name][s].numpy()) for name in clean}
