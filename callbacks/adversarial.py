@@ -13,7 +13,8 @@ from fsl.analysis.distributed import gather_cat, world
 class AdversarialDetectionCallback(pl.Callback):
     """Attacks ``n_samples`` fixed validation samples with each attack of the suite (``attacks``:
     ``{name: {attack: <fsl.adversarial.ATTACKS key>, **params}}``, ``configs/attacks/<suite>.yaml``;
-    ``None`` or empty: the suite of the data module's data set, ``fsl.adversarial.suite_for_data``),
+    ``None`` or empty: the suite of the data module's data set, ``fsl.adversarial.suite_for_data``;
+    ``only``: the names of the suite to run, e.g. the cheap ones per epoch; ``analyze.py`` runs all),
     measures margin, hull distance and ambiguity of the adversarial features, and scores every
     detector of ``fsl.adversarial.SCORES`` on the same samples (AUROC, AUPR-in/out, FPR@95%TPR,
     TPR@5%FPR with bootstrap intervals, the train-margin rule). Logs ``adv/<name>/*`` and ROC curves.
@@ -22,12 +23,13 @@ class AdversarialDetectionCallback(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, n_samples: int = 200, n_train: int | None = 5000, seed: int = 0,
-                 attacks: dict | None = None, batch_size: int = 256, n_boot: int = 1000, knn_k: int = 50,
-                 log_media: bool = True, prefix: str = "adv"):
+                 attacks: dict | None = None, only: list | None = None, batch_size: int = 256, n_boot: int = 1000,
+                 knn_k: int = 50, log_media: bool = True, prefix: str = "adv"):
         from fsl.adversarial.suites import check_suite
 
         self.every_n_epochs, self.n_samples, self.n_train, self.seed = int(every_n_epochs), n_samples, n_train, int(seed)
         self.attacks = check_suite(attacks) if attacks else None  # None or {}: the data set's suite
+        self.only = [str(a) for a in only] if only else None
         self.batch_size, self.n_boot, self.knn_k = int(batch_size), int(n_boot), int(knn_k)
         self.log_media, self.prefix = bool(log_media), prefix
         self.last: dict = {}
@@ -62,6 +64,12 @@ class AdversarialDetectionCallback(pl.Callback):
             from fsl.adversarial.suites import load_suite, suite_for_data
 
             self.attacks = load_suite(suite_for_data(trainer.datamodule.name))
+        if self.only is not None:
+            missing = sorted(set(self.only) - set(self.attacks))
+            if missing:
+                raise ValueError(f"adversarial callback: only={missing} are not in the attack suite "
+                                 f"{sorted(self.attacks)}; pick names of the suite")
+            self.attacks = {k: v for k, v in self.attacks.items() if k in self.only}
         # Chunks of the sample list, not single samples, are dealt out to the ranks, and each chunk's
         # attack is seeded by its position: random starts then do not depend on the world size.
         rank, size = world()

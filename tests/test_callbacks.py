@@ -14,6 +14,7 @@ CALLBACK_OVERRIDES = [
     "callbacks.feature_geometry.n_eval=120",
     "callbacks.adversarial.every_n_epochs=2", "callbacks.adversarial.n_samples=60",
     "callbacks.adversarial.n_train=300",
+    "callbacks.adversarial.only=null",  # the whole suite (the experiments run a cheap subset per epoch)
 ]
 
 
@@ -86,3 +87,19 @@ def test_logged_values_equal_direct_geometry_calls(fitted):
     assert run.series("analysis/hull/median")[-1] == pytest.approx(float(h.distance.median()), rel=1e-4, abs=1e-7)
     frac = float((h.distance < m.margin).double().mean())
     assert run.series("analysis/frac_hull_lt_margin")[-1] == pytest.approx(frac, abs=1.5 / 120)
+
+
+def test_per_epoch_subset_of_the_suite(tmp_path):
+    """``only`` runs the named attacks of the suite; a name outside it is refused with the valid ones."""
+    cfg = synthetic_config(tmp_path, epochs=1, extra=[*CALLBACK_OVERRIDES[:-1], "callbacks.adversarial.n_samples=16",
+                                                      "callbacks.adversarial.every_n_epochs=1",
+                                                      "callbacks.adversarial.only=[deepfool,pgd_03]"])
+    train(cfg)
+    run = read_offline_run(find_offline_runs(tmp_path)[0])
+    logged = {k.split("/")[1] for k in run.keys if k.startswith("adv/") and k.endswith("/success_rate")}
+    assert logged == {"deepfool", "pgd_03"}
+    bad = synthetic_config(tmp_path / "bad", epochs=1, extra=[*CALLBACK_OVERRIDES[:-1], "logger=none",
+                                                              "callbacks.adversarial.every_n_epochs=1",
+                                                              "callbacks.adversarial.only=[pgd_8_255]"])
+    with pytest.raises(ValueError, match=r"only=\['pgd_8_255'\] are not in the attack suite"):
+        train(bad)

@@ -77,9 +77,9 @@ def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kappa: f
                 found |= ok
             # the authors' abort_early: every tenth of the steps, stop when the loss has stalled
             if it % max(int(steps) // 10, 1) == 0:
-                if float(loss) > 0.9999 * prev:
+                if float(loss.detach()) > 0.9999 * prev:
                     break
-                prev = float(loss)
+                prev = float(loss.detach())
             (w.grad,) = torch.autograd.grad(loss, w)  # the model's parameters get no .grad
             opt.step()
         # binary search on c (per sample): success -> smaller c, failure -> larger c
