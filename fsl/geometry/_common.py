@@ -30,3 +30,25 @@ def float32_matmul_is_exact(device: torch.device) -> bool:
     if torch.get_float32_matmul_precision() != "highest":
         return False
     return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError naming how many rows of ``x`` (2-D; 1-D: entries) hold NaN/inf."""
+    ok = torch.isfinite(x)
+    if not bool(ok.all()):
+        bad = int((~ok.all(1)).sum()) if x.ndim == 2 else int((~ok).sum())
+        first = torch.nonzero(~ok.all(1) if x.ndim == 2 else ~ok).flatten()[:5].tolist()
+        raise ValueError(f"{name}: {bad} row(s) contain NaN/inf (first: {first}); the geometry of non-finite "
+                         f"features is undefined (check the model and the inputs, e.g. FeatureSet.check_finite)")
+
+
+#: the largest ``f * max|x|^2`` for which float32 filters and pricing run: products and squared
+#: norms then stay below ~1e30, far from float32's overflow at 3.4e38 (beyond it: float64)
+FLOAT32_SAFE_SQ = 1e30
+
+
+def float32_products_fit(f: int, *tensors: torch.Tensor) -> bool:
+    """True when ``f * max|x|^2`` over ``tensors`` is at most :data:`FLOAT32_SAFE_SQ`: the squared
+    norms and dot products of the float32 filters (balls) and pricing (hull) cannot overflow."""
+    m = max((float(t.abs().max()) for t in tensors if t.numel()), default=0.0)
+    return max(int(f), 1) * m * m <= FLOAT32_SAFE_SQ

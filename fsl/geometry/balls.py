@@ -27,31 +27,30 @@ from __future__ import annotations
 
 import torch
 
-from ._common import as_box, float32_matmul_is_exact
+from ._common import as_box, check_finite, float32_matmul_is_exact, float32_products_fit
 
 Tensor = torch.Tensor
 
 
-def _filter_dtype(device: torch.device) -> torch.dtype:
-    """float32 when float32 matrix products are exact IEEE float32 on ``device``, else float64."""
-    return torch.float32 if float32_matmul_is_exact(device) else torch.float64
-
-
-def _check_finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x).all(1)).sum())
-        raise ValueError(f"{name}: {bad} row(s) contain NaN/inf; the geometry of non-finite features is "
-                         f"undefined (check the model and the inputs, e.g. FeatureSet.check_finite)")
+def _filter_dtype(device: torch.device, A: Tensor, B: Tensor) -> torch.dtype:
+    """float32 when float32 matrix products are exact IEEE float32 on ``device`` and the squared
+    norms of ``A`` and ``B`` cannot overflow float32 (:func:`float32_products_fit`), else float64."""
+    exact = float32_matmul_is_exact(device) and float32_products_fit(A.shape[1], A, B)
+    return torch.float32 if exact else torch.float64
 
 
 def _squared_radii(radii, q: int, device) -> Tensor:
-    """``(q,)`` float64 ``r^2``; ``-1`` for NaN or non-positive radii (balls that hold nothing)."""
+    """``(q,)`` float64 ``r^2``; ``-1`` for non-positive radii (balls that hold nothing); NaN raises."""
     r = torch.as_tensor(radii, device=device).detach().to(torch.float64).reshape(-1)
     if r.numel() == 1 and q != 1:
         r = r.expand(q)
     if r.numel() != q:
         raise ValueError(f"radii: expected {q} values (one per ball), got {r.numel()}")
-    return torch.where(torch.isnan(r) | (r <= 0), torch.full_like(r, -1.0), r * r)
+    if bool(torch.isnan(r).any()):
+        bad = torch.nonzero(torch.isnan(r)).flatten()[:5].tolist()
+        raise ValueError(f"radii: {int(torch.isnan(r).sum())} NaN radii (first balls: {bad}); a NaN margin is "
+                         f"not a radius. Filter those balls or fix the margins")
+    return torch.where(r <= 0, torch.full_like(r, -1.0), r * r)
 
 
 def _prepare(fn: str, a_name: str, A: Tensor, b_name: str, B: Tensor, regions_a, regions_b,
@@ -63,14 +62,14 @@ def _prepare(fn: str, a_name: str, A: Tensor, b_name: str, B: Tensor, regions_a,
     B = B.detach().to(device=dev, dtype=torch.float64)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"expected {a_name} (Q, f) and {b_name} (N, f), got {tuple(A.shape)} and {tuple(B.shape)}")
-    _check_finite(f"{fn} {a_name}", A)
-    _check_finite(f"{fn} {b_name}", B)
+    check_finite(f"{fn} {a_name}", A)
+    check_finite(f"{fn} {b_name}", B)
     ga = _as_groups(regions_a, A.shape[0], dev, region_names[0])
     gb = _as_groups(regions_b, B.shape[0], dev, region_names[1])
     if (ga is None) != (gb is None):
         raise ValueError(f"pass both {region_names[0]} and {region_names[1]}, or neither")
     chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
-    return A, B, ga, gb, chunk_q, chunk_n, _filter_dtype(dev)
+    return A, B, ga, gb, chunk_q, chunk_n, _filter_dtype(dev, A, B)
 
 
 def _as_groups(groups, n: int, device, name: str) -> Tensor | None:
@@ -184,8 +183,8 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
     """Number of ``points`` strictly inside each ball ``||p - c|| < r`` (float64 decisions).
 
     Args:
-        centers: ``(Q, f)``; radii: ``(Q,)`` or a scalar (``inf`` counts every point, ``nan`` or
-            ``<= 0`` counts none); points: ``(N, f)``.
+        centers: ``(Q, f)``; radii: ``(Q,)`` or a scalar (``inf`` counts every point, ``<= 0``
+            counts none, NaN raises); points: ``(N, f)``.
         exclude_self: ``True``: when ``points`` is ``centers`` (the same tensor, or an equal one),
             point ``q`` is not counted in ball ``q`` (other exact duplicates are counted);
             a ``(Q,)`` long tensor: index of the point to exclude for each center (-1 = none);
@@ -246,6 +245,8 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
                 raise ValueError(f"exclude_self: index out of range for {N} points")
             counted = _compatible(cg, pg, q, p) & (everything[q] | _direct_inside(C[q], P[p], r2[q]))
             counts[q] -= counted.long()
+    if Qn and int(counts.min()) < 0:  # pragma: no cover - bug guard: a count is never negative
+        raise RuntimeError(f"ball_counts: negative count {int(counts.min())}; please report this input")
     return counts
 
 

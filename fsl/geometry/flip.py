@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import as_box
+from ._common import as_box, check_finite
 
 Tensor = torch.Tensor
 
@@ -330,7 +330,12 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
     W = weight.detach().to(device=dev, dtype=dtype)
     b = bias.detach().to(device=dev, dtype=dtype)
     if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[1] or b.shape != (W.shape[0],):
-        raise ValueError("expected features (B, f), weight (n, f), bias (n,)")
+        raise ValueError(f"flip_margins: expected features (B, f), weight (n, f), bias (n,), got "
+                         f"{tuple(X.shape)}, {tuple(W.shape)}, {tuple(b.shape)}")
+    # a NaN feature would otherwise come back as margin +inf, "certified": a perfectly robust sample
+    check_finite("flip_margins features", X)
+    check_finite("flip_margins weight", W)
+    check_finite("flip_margins bias", b)
     B, f = X.shape
     n = W.shape[0]
     cuda = dev.type == "cuda"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import float32_matmul_is_exact
+from ._common import check_finite, float32_matmul_is_exact, float32_products_fit
 
 Tensor = torch.Tensor
 
@@ -232,13 +232,15 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     Dp = points.detach().to(device=dev, dtype=dtype)
     Qx = queries.detach().to(dtype)
     if Dp.ndim != 2 or Qx.ndim != 2 or Dp.shape[1] != Qx.shape[1]:
-        raise ValueError("expected queries (Q, f) and points (N, f)")
+        raise ValueError(f"hull_distances: expected queries (Q, f) and points (N, f), got {tuple(Qx.shape)} and "
+                         f"{tuple(Dp.shape)}")
+    if Dp.shape[0] == 0:
+        raise ValueError("hull_distances: no points; the convex hull of an empty set is empty (pass at least one "
+                         "training feature)")
+    check_finite("hull_distances queries", Qx)
+    check_finite("hull_distances points", Dp)
     N, f = Dp.shape
     Qn = Qx.shape[0]
-    if pricing_dtype is None:  # float32 pricing only where float32 products are IEEE float32
-        exact32 = float32_matmul_is_exact(dev)
-        pricing_dtype = torch.float32 if (exact32 and dtype == torch.float64) else dtype
-    pdtype = pricing_dtype
     if max_working is None:
         max_working = max(64, min(N, f + 1 + 2 * k_add))
     max_working = min(max_working, N)
@@ -247,6 +249,10 @@ def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: i
     cen = Dp.mean(0)
     Dc = Dp - cen
     Qc = Qx - cen
+    if pricing_dtype is None:  # float32 pricing only where float32 products are IEEE float32 and cannot overflow
+        exact32 = float32_matmul_is_exact(dev) and float32_products_fit(f, Dc, Qc)
+        pricing_dtype = torch.float32 if (exact32 and dtype == torch.float64) else dtype
+    pdtype = pricing_dtype
     R = float(((Dc ** 2).sum(1).mean()).sqrt()) if N else 1.0
     R = R if R > 0 else 1.0
     floor2 = (1e-3 * R) ** 2
