@@ -33,8 +33,8 @@ def run_train(tmp: Path, trainer: str, threads: int | None = None) -> dict:
 @pytest.mark.slow
 def test_ddp_logs_equal_single_process(tmp_path):
     """One process with 1 and with 2 threads, and 2 DDP ranks (Lightning gives each rank
-    cpu_count // 2 threads: 1 on the 2-core machines here): the same numbers. Counts (successes) must be identical: a success decided by the last bit of a
-    float would flip between them."""
+    cpu_count // 2 threads: 1 on the 2-core machines here): the same numbers. Counts (successes) must
+    be identical: a success decided by the last bit of a float would flip between them."""
     runs = {name: run_train(tmp_path / name, trainer, threads) for name, trainer, threads in
             (("single2", "cpu", 2), ("single1", "cpu", 1), ("ddp", "ddp_cpu", None))}
     single = runs["single2"]

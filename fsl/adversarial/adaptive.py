@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsl.adversarial.detection import _weight_gaps
+
 
 def normalized_margin(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor) -> torch.Tensor:
     """``(B,)`` ``s`` above, from logits ``(B, n)`` and ``pair_norms[j, k] = ||w_j - w_k||`` ``(n, n)``."""
@@ -41,10 +43,8 @@ def margin_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     """
     x0 = images.detach()
     weight = model.head.weight.detach()
-    norms = torch.cdist(weight.double(), weight.double()).to(weight.dtype)
+    norms = _weight_gaps(weight.double(), "margin_pgd").to(weight.dtype)
     norms = norms + torch.eye(norms.shape[0], dtype=norms.dtype, device=norms.device)  # diagonal is masked
-    if bool((norms <= 0).any()):
-        raise ValueError("margin_pgd: two classes have identical head rows; their boundary is undefined")
     step = float(alpha) if alpha is not None else 2.5 * float(eps) / max(int(steps), 1)
     x = x0.clone()
     if random_start:

@@ -237,14 +237,15 @@ def fit_fdbd(train_features: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=0)
 
 
-def _weight_gaps(w: torch.Tensor) -> torch.Tensor:
-    """``(n, n)`` exact ``||w_p - w_c||``; ValueError naming any two classes with identical weight rows."""
+def _weight_gaps(w: torch.Tensor, caller: str = "fdbd_score") -> torch.Tensor:
+    """``(n, n)`` exact ``||w_p - w_c||``; ValueError (from ``caller``) naming any two classes with
+    identical weight rows."""
     gaps = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
     off = ~torch.eye(w.shape[0], dtype=torch.bool, device=w.device)
     zero = ((gaps == 0) & off).triu().nonzero()
     if zero.numel():
         pairs = ", ".join(f"({int(p)}, {int(c)})" for p, c in zero[:5])
-        raise ValueError(f"fdbd_score: classes {pairs} have identical weight vectors (||w_p - w_c|| = 0), so "
+        raise ValueError(f"{caller}: classes {pairs} have identical weight vectors (||w_p - w_c|| = 0), so "
                          f"the decision boundary between them is undefined; merge or drop one class of each pair")
     return gaps
 
