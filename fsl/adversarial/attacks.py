@@ -47,6 +47,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from fsl.adversarial._checks import check_labels, check_model_images, check_values
 from fsl.adversarial.adaptive import margin_pgd
 from fsl.adversarial.cw import cw_l2
 from fsl.adversarial.deepfool import deepfool
@@ -189,8 +190,12 @@ def select_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     of :func:`fsl.adversarial.success.is_adversarial` mirrored: the true logit beats every other by
     more than the tolerance (a clean sample at a float32 tie is neither attacked nor a negative).
 
-    Works under ``torch.inference_mode()``; the model's mode is restored.
+    Works under ``torch.inference_mode()``; the model's mode is restored. ``images`` must be finite
+    (B, C, H, W) in [0, 1] of the model's dtype, ``labels`` ``(B,)`` classes in ``[0, n)``
+    (ValueError / TypeError otherwise); ``B = 0`` gives an empty mask.
     """
+    check_model_images("select_correct images", model, images)
+    check_labels("select_correct labels", labels, images.shape[0])
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -204,7 +209,14 @@ def select_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def perturbation_norms(adv_images: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(l2, linf)`` of ``adv_images - images`` over all pixels, each ``(B,)``."""
+    """Per-sample ``(l2, linf)`` of ``adv_images - images`` over all pixels, each ``(B,)``.
+
+    Both must have the same shape ``(B, ...)`` and be finite (ValueError otherwise)."""
+    adv_images = check_values("perturbation_norms adv_images", adv_images, None, unit="image")
+    images = check_values("perturbation_norms images", images, None, unit="image")
+    if adv_images.shape != images.shape or adv_images.dim() == 0:
+        raise ValueError(f"perturbation_norms: adv_images {tuple(adv_images.shape)} and images "
+                         f"{tuple(images.shape)} must have the same (B, ...) shape")
     delta = (adv_images - images.to(adv_images.device)).flatten(1)
     if delta.shape[1] == 0:
         z = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
@@ -229,7 +241,12 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     that is already adversarial counts as a success without being moved.
 
     Safe under ``torch.inference_mode()`` / ``torch.no_grad()``; the model's train/eval flags and
-    parameters' ``requires_grad`` are restored. Returns an :class:`AttackResult` on the model's device.
+    parameters' ``requires_grad`` are restored. Returns an :class:`AttackResult` on the model's device
+    (with empty tensors for ``B = 0``).
+
+    Raises ValueError for images that are not finite (B, C, H, W) in [0, 1] or labels that are not
+    ``B`` classes in ``[0, n)``, TypeError for images of another dtype than the model's or
+    non-integer labels.
     """
     if name == "deepfool_batched":
         raise ValueError("attack 'deepfool_batched' was removed: it reproduced torchattacks' per-step overshoot, "
@@ -246,6 +263,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"run_attack: need images (B, C, H, W) and labels (B,), got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
+    check_model_images("run_attack images", model, images)
+    check_labels("run_attack labels", labels, labels.shape[0])
     device = _model_device(model)
     n = images.shape[0]
     bs = n if not batch_size else int(batch_size)
@@ -253,10 +272,16 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     with attack_context(model), _seeded(seed, device):
         x_all = _normal_tensor(images, device)
         y_all = _normal_tensor(labels, device).long()
-        if x_all.numel() and not bool(torch.isfinite(x_all).all()):
-            raise ValueError("run_attack: images contain NaN or inf; check the data pipeline")
-        if x_all.numel() and (x_all.min() < 0 or x_all.max() > 1):
-            raise ValueError("run_attack: images must lie in [0, 1] (models normalise inside)")
+        if n == 0:  # nothing to attack: empty results of the right dtypes
+            def empty(dtype):
+                return torch.zeros(0, dtype=dtype, device=device)
+
+            return AttackResult(adv_images=x_all.clone(), success=empty(torch.bool), adv_pred=empty(torch.long),
+                                gap=empty(x_all.dtype), l2=empty(x_all.dtype), linf=empty(x_all.dtype),
+                                nonfinite=empty(torch.bool), name=name, params=full, seconds=0.0)
+        with torch.no_grad():  # the labels' range needs the number of classes: one sample's logits
+            n_cls = _logits(model, x_all[:1], None).shape[1]
+        check_labels("run_attack labels", y_all, n, n_cls)
         t0 = time.perf_counter()
         chunks = [spec.fn(model, x_all[i:i + bs], y_all[i:i + bs], **full) for i in range(0, n, max(bs, 1))]
         seconds = time.perf_counter() - t0

@@ -49,6 +49,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from fsl.adversarial._checks import check_fpr, check_labels
+
 SCORES = ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
 
 
@@ -59,13 +61,24 @@ def margin_score(margin: torch.Tensor) -> torch.Tensor:
 
 
 def ambiguity_score(margin: torch.Tensor, hull_distance: torch.Tensor) -> torch.Tensor:
-    """``-(margin - hull_distance)`` (``(B,)``), i.e. minus the paper's ambiguity ``d_fh`` (eq. 26)."""
-    return torch.as_tensor(hull_distance) - torch.as_tensor(margin)
+    """``-(margin - hull_distance)`` (``(B,)``), i.e. minus the paper's ambiguity ``d_fh`` (eq. 26).
+
+    Both must have the same shape (ValueError otherwise: broadcasting would pair the wrong samples).
+    NaN propagates, as in :func:`margin_score` (:func:`fsl.adversarial.summarize_attack` drops and
+    counts samples with a NaN score)."""
+    m, h = torch.as_tensor(margin), torch.as_tensor(hull_distance)
+    if m.shape != h.shape:
+        raise ValueError(f"ambiguity_score: margin {tuple(m.shape)} and hull_distance {tuple(h.shape)} must have "
+                         f"the same shape (one value per sample)")
+    return h - m
 
 
 def msp_score(logits: torch.Tensor) -> torch.Tensor:
-    """``-max_c softmax(logits)_c`` (``(B,)``) from logits ``(B, n)``, computed in float64."""
-    return -torch.softmax(logits.double(), dim=1).amax(dim=1)
+    """``-max_c softmax(logits)_c`` (``(B,)``) from logits ``(B, n)``, computed in float64.
+
+    ValueError for logits that are not 2-D or hold NaN/inf (as :func:`energy_score`)."""
+    z = _finite_2d("msp_score(logits)", logits)
+    return -torch.softmax(z, dim=1).amax(dim=1)
 
 
 @dataclass
@@ -94,8 +107,13 @@ class Mahalanobis:
         return torch.linalg.solve_triangular(self.chol, v.T, upper=False).T
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, n)`` Mahalanobis distances to every class mean (``inf`` for absent classes)."""
-        x = torch.as_tensor(features).to(self.means.device, torch.float64)
+        """``(B, n)`` Mahalanobis distances to every class mean (``inf`` for absent classes).
+
+        ``features``: finite ``(B, f)`` with the fitted ``f`` (ValueError otherwise)."""
+        x = _finite_2d("Mahalanobis.distances(features)", features).to(self.means.device)
+        if x.shape[1] != self.means.shape[1]:
+            raise ValueError(f"Mahalanobis.distances: features have {x.shape[1]} dims, the fitted Gaussians "
+                             f"{self.means.shape[1]}")
         zx = self._whiten(x)
         zm = self._whiten(torch.nan_to_num(self.means))
         d = torch.cdist(zx, zm, compute_mode="donot_use_mm_for_euclid_dist")
@@ -115,14 +133,20 @@ def fit_mahalanobis(train_features: torch.Tensor, train_labels: torch.Tensor, nu
     trace is 0). The regularisation keeps ``S`` invertible when feature dimensions are dead
     (ReLU units that never fire) or when ``N <= f``; with ``reg=1e-6`` it changes distances of
     well-conditioned features by about 1e-6 relative. Everything in float64.
+
+    Raises ValueError for no, non-finite or non-2-D features and for labels that are not one class
+    in ``[0, num_classes)`` per feature; TypeError for non-integer labels.
     """
     x = torch.as_tensor(train_features).to(torch.float64)
-    y = torch.as_tensor(train_labels).to(x.device).long()
-    if x.dim() != 2 or y.shape != (x.shape[0],):
+    y0 = torch.as_tensor(train_labels)
+    if x.dim() != 2 or y0.shape != (x.shape[0],):
         raise ValueError(f"fit_mahalanobis: need features (N, f) and labels (N,), got {tuple(x.shape)}, "
-                         f"{tuple(y.shape)}")
+                         f"{tuple(y0.shape)}")
     if x.shape[0] == 0:
         raise ValueError("fit_mahalanobis: no training features")
+    x = _finite_2d("fit_mahalanobis(train_features)", x)
+    check_labels("fit_mahalanobis(train_labels)", y0, x.shape[0], num_classes)
+    y = y0.to(x.device).long()
     n = int(num_classes) if num_classes is not None else int(y.max()) + 1
     f = x.shape[1]
     counts = torch.bincount(y, minlength=n).to(torch.float64)
@@ -197,6 +221,8 @@ class KNNDetector:
     def __init__(self, train_features: torch.Tensor, k: int = 50, normalize: bool = True, chunk: int = 4096):
         tr = _finite_2d("KNNDetector(train_features)", train_features)
         n = tr.shape[0]
+        if n == 0:
+            raise ValueError("KNNDetector: no training features; the k-th nearest neighbour needs at least k of them")
         if not 1 <= int(k) <= n:
             raise ValueError(f"KNNDetector: k={k} must be between 1 and the number of training features ({n}); "
                              f"pass k <= {n} or more training features")
@@ -305,8 +331,16 @@ def _dense_rank01(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ranks, uniq
 
 
+def _scores_1d(name: str, t) -> torch.Tensor:
+    """One score per sample: 0-D or 1-D (ValueError for more dimensions, e.g. a (B, n) logit matrix)."""
+    x = torch.as_tensor(t)
+    if x.dim() > 1:
+        raise ValueError(f"{name}: expected one score per sample, shape (N,), got {tuple(x.shape)}")
+    return _as_1d_f64(x)
+
+
 def _check(scores_clean, scores_adv) -> tuple[torch.Tensor, torch.Tensor]:
-    c, a = _as_1d_f64(scores_clean), _as_1d_f64(scores_adv)
+    c, a = _scores_1d("scores_clean", scores_clean), _scores_1d("scores_adv", scores_adv)
     if torch.isnan(c).any() or torch.isnan(a).any():
         raise ValueError(f"detection scores contain NaN ({int(torch.isnan(c).sum())} clean, "
                          f"{int(torch.isnan(a).sum())} adversarial); filter them first")
@@ -327,9 +361,11 @@ def clean_threshold(scores_clean, fpr: float = 0.05) -> float:
     """The lowest ``tau`` such that flagging ``score > tau`` flags at most ``fpr`` of the clean scores.
 
     ``tau`` = the ``(k+1)``-th largest clean score, ``k = max{k : k / n_clean <= fpr}``
-    (``-inf`` when ``k = n_clean``).
+    (``-inf`` when ``k = n_clean``; NaN when there are no clean scores). ValueError for NaN scores
+    or ``fpr`` outside [0, 1].
     """
-    c = _as_1d_f64(scores_clean)
+    check_fpr("clean_threshold", fpr)
+    c, _ = _check(scores_clean, torch.zeros(0))
     if c.numel() == 0:
         return float("nan")
     k = _max_false_positives(c.numel(), fpr)
@@ -412,7 +448,7 @@ def detection_metrics(scores_clean, scores_adv, fpr: float = 0.05) -> dict[str, 
     Returns a dict of floats: ``auroc``, ``tpr_at_5fpr`` (the key keeps this name for any ``fpr``),
     ``threshold`` (``tau``, flag ``score > tau``), ``fpr_at_threshold`` (achieved clean rate),
     ``aupr_out``, ``aupr_in``, ``fpr_at_95tpr``, ``n_clean``, ``n_adv``. NaN metrics when either set
-    is empty; NaN scores raise.
+    is empty; NaN scores and ``fpr`` outside [0, 1] raise (``+-inf`` scores are ordered as usual).
 
     * ``aupr_out``: average precision with adversarial as the positive class, the exact step-wise
       ``sum_i (R_i - R_{i-1}) P_i`` over the distinct score values (flag ``score >= t_i``), equal to
@@ -426,6 +462,7 @@ def detection_metrics(scores_clean, scores_adv, fpr: float = 0.05) -> dict[str, 
     """
     from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+    fpr = check_fpr("detection_metrics", fpr)
     c, a = _check(scores_clean, scores_adv)
     out = {"n_clean": float(c.numel()), "n_adv": float(a.numel())}
     if c.numel() == 0 or a.numel() == 0:
@@ -536,6 +573,7 @@ def bootstrap_replicates(scores_clean, scores_adv, n_boot: int = 1000, seed: int
     """
     if int(n_boot) < 1:
         raise ValueError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
+    fpr = check_fpr("bootstrap", fpr)
     c, a = _check(scores_clean, scores_adv)
     n_c, n_a, n_boot = c.numel(), a.numel(), int(n_boot)
     if n_c == 0 or n_a == 0:
@@ -594,15 +632,25 @@ def train_margin_rule(adv_margin, train_margin, clean_margin=None) -> dict[str, 
     Returns ``caught`` (fraction of ``adv_margin`` strictly below ``min(train_margin)``),
     ``threshold`` (that minimum) and, when ``clean_margin`` is given, ``false_positive`` (fraction
     of clean test margins below it: the rule's price).
+
+    NaN training margins are ignored; with no (non-NaN) training margin there is no threshold and
+    every fraction is NaN. NaN in ``adv_margin`` or ``clean_margin`` raises ValueError (a NaN margin
+    is neither below nor above the threshold).
     """
     adv = _as_1d_f64(adv_margin)
     tr = _as_1d_f64(train_margin)
     tr = tr[~torch.isnan(tr)]
     thr = float(tr.min()) if tr.numel() else float("nan")
-    out = {"caught": float((adv < thr).double().mean()) if adv.numel() else float("nan"), "threshold": thr}
+
+    def frac_below(name: str, v: torch.Tensor) -> float:
+        if bool(torch.isnan(v).any()):
+            raise ValueError(f"train_margin_rule: {int(torch.isnan(v).sum())} NaN values in {name}; filter them "
+                             f"first (margins from fsl.geometry.flip_margins are never NaN)")
+        return float((v < thr).double().mean()) if v.numel() and not math.isnan(thr) else float("nan")
+
+    out = {"caught": frac_below("adv_margin", adv), "threshold": thr}
     if clean_margin is not None:
-        cl = _as_1d_f64(clean_margin)
-        out["false_positive"] = float((cl < thr).double().mean()) if cl.numel() else float("nan")
+        out["false_positive"] = frac_below("clean_margin", _as_1d_f64(clean_margin))
     return out
 
 

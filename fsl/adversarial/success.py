@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import torch
 
+from fsl.adversarial._checks import check_logits_labels
+
 GAP_RTOL = 1e-4
 
 
 def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` ``max_{k != y} z_k - z_y`` of logits ``(B, n)``: > 0 misclassified, ~0 on the boundary."""
-    y = labels.to(logits.device).long()
+    """``(B,)`` ``max_{k != y} z_k - z_y`` of logits ``(B, n)``: > 0 misclassified, ~0 on the boundary.
+
+    ``labels``: ``(B,)`` integer classes in ``[0, n)`` (ValueError / TypeError otherwise). NaN logits
+    give a NaN gap (never counted as a success by :func:`is_adversarial`); with ``n = 1`` there is no
+    other class and the gap is ``-inf``.
+    """
+    y = check_logits_labels("logit_gap", logits, labels)
     ar = torch.arange(logits.shape[0], device=logits.device)
     other = logits.clone()
     other[ar, y] = -float("inf")
@@ -28,7 +35,10 @@ def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def gap_tolerance(logits: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` the smallest gap counted as a success: ``GAP_RTOL * max(1, max_k |z_k|)``."""
+    """``(B,)`` the smallest gap counted as a success: ``GAP_RTOL * max(1, max_k |z_k|)`` of logits
+    ``(B, n)`` (ValueError for another shape)."""
+    if logits.dim() != 2:
+        raise ValueError(f"gap_tolerance: expected logits (B, n), got shape {tuple(logits.shape)}")
     return GAP_RTOL * logits.detach().abs().amax(dim=1).clamp_min(1.0)
 
 

@@ -1,4 +1,8 @@
-"""Shared helpers of the pixel-space solvers: frozen evaluation, features, feature Jacobians."""
+"""Shared helpers of the pixel-space solvers: input checks, frozen evaluation, features, feature Jacobians.
+
+The checks (:func:`check_images`, :func:`check_values`, :func:`check_labels`, :func:`check_count`) are
+shared with fsl.spaces and fsl.adversarial, so that bad input gets the same clear message everywhere.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +10,77 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from fsl.geometry._common import check_finite
+
+
+def check_images(name: str, x, ndim: int | tuple[int, ...] | None = 4, unit_box: bool = True) -> torch.Tensor:
+    """``x`` unchanged after checking that it is a floating-point tensor of ``ndim`` dimensions
+    (``(B, C, H, W)`` by default; ``None``: any), without NaN/inf and, with ``unit_box``, inside
+    [0, 1]. TypeError for a wrong type or dtype, ValueError (naming ``name``, the offending images
+    and the fix) otherwise. Empty tensors pass."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of images, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}; convert integer "
+                        f"pixels first, e.g. x.float() / 255")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if dims is not None and x.dim() not in dims:
+        want = " or ".join({4: "(B, C, H, W)", 3: "(C, H, W)"}.get(d, f"{d}-D") for d in dims)
+        raise ValueError(f"{name}: expected images of shape {want}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        return x
+    one = x.dim() == 3 or x.dim() <= 1  # (C, H, W): a single image
+    flat = x.reshape(1, -1) if one else x.reshape(x.shape[0], -1)
+    check_finite(name, flat, hint="images must be finite (check the data pipeline)", unit="image")
+    if unit_box:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            out = ((flat < 0) | (flat > 1)).any(1)
+            first = torch.nonzero(out).flatten()[:5].tolist()
+            raise ValueError(f"{name}: {int(out.sum())} image(s) have pixels outside [0, 1] (range [{lo:.4g}, "
+                             f"{hi:.4g}], first: {first}); models take images in [0, 1] and normalise inside "
+                             f"(rescale, e.g. x / 255, or clamp to [0, 1])")
+    return x
+
+
+def check_values(name: str, t, ndim: int | None = 2, width: int | None = None, what: str = "(B, f)",
+                 unit: str = "row") -> torch.Tensor:
+    """``t`` as a tensor after checking it is real-valued, ``ndim``-D with ``width`` columns (last
+    dimension) when given, and finite. ``what`` describes the expected shape in the message."""
+    x = torch.as_tensor(t)
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name}: expected real numbers, got dtype {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name}: expected shape {what}, got shape {tuple(x.shape)}")
+    if width is not None and x.shape[-1] != width:
+        raise ValueError(f"{name}: expected shape {what} with {width} columns, got shape {tuple(x.shape)}")
+    if x.numel():
+        check_finite(name, x.detach(), hint="the values must be finite (check how they were computed)", unit=unit)
+    return x
+
+
+def check_labels(name: str, labels, n: int, num_classes: int | None = None) -> torch.Tensor:
+    """``labels`` as a 1-D integer tensor of length ``n`` (values in ``[0, num_classes)`` when given)."""
+    y = torch.as_tensor(labels)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class labels, got dtype {y.dtype} (pass labels.long())")
+    if y.shape != (n,):
+        raise ValueError(f"{name}: expected one label per sample, shape ({n},), got {tuple(y.shape)}")
+    if y.numel():
+        out = (y < 0) if num_classes is None else ((y < 0) | (y >= num_classes))
+        if bool(out.any()):
+            first = torch.nonzero(out).flatten()[:5].tolist()
+            top = num_classes if num_classes is not None else "n"
+            raise ValueError(f"{name}: class labels must lie in [0, {top}), got values in [{int(y.min())}, "
+                             f"{int(y.max())}] (first bad: {first})")
+    return y
+
+
+def check_count(name: str, n: int, what: str = "image") -> None:
+    """ValueError when ``n == 0``: ``name`` needs at least one ``what``."""
+    if int(n) == 0:
+        raise ValueError(f"{name}: got 0 {what}s; at least one {what} is needed")
 
 
 @contextlib.contextmanager
@@ -54,18 +129,26 @@ def feature_jacobian(model: nn.Module, x: torch.Tensor, max_rows: int = 4096,
         fn: optional map of ONE sample ``(C, H, W) -> (f,)`` to differentiate instead.
 
     Returns:
-        (B, f, p) Jacobian in the dtype of the model output, ``p = C*H*W``.
+        (B, f, p) Jacobian in the dtype of the model output, ``p = C*H*W`` (``(0, f, p)`` for an
+        empty batch). Non-finite or integer inputs raise (ValueError / TypeError); inputs outside
+        [0, 1] are allowed (the Jacobian of the network map on all of ``R^p``).
     """
     from torch.func import jacrev, vmap
 
+    check_images("feature_jacobian x", x, ndim=None, unit_box=False)
+    if x.dim() < 2:
+        raise ValueError(f"feature_jacobian x: expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
     if fn is None:
         def fn(xi: torch.Tensor) -> torch.Tensor:
             return model.forward_features(xi.unsqueeze(0)).squeeze(0)
 
     B = x.shape[0]
-    p = x[0].numel()
+    p = x[0].numel() if B else int(torch.tensor(x.shape[1:]).prod())
     with torch.no_grad():
-        f = fn(x[0]).numel()
+        out0 = fn(x[0] if B else torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device))
+    f = out0.numel()
+    if B == 0:
+        return torch.zeros(0, f, p, dtype=out0.dtype, device=out0.device)
     chunk = max(1, max_rows // max(f, 1))
     out = []
     jac = vmap(jacrev(fn))

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fsl.inversion._common import feature_jacobian, features_of, frozen_eval, vjp_rows
+from fsl.inversion._common import check_images, check_values, feature_jacobian, features_of, frozen_eval, vjp_rows
 
 MODES = ("point", "ball", "sphere")
 METHODS = ("al+sqp", "sqp", "al")
@@ -388,12 +388,22 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         max_rows: memory bound of the Jacobian (``sample x output`` rows per backward chunk).
 
     Returns:
-        :class:`InversionResult`.
+        :class:`InversionResult`; an empty batch (``B = 0``) gives empty tensors of the same shapes.
+
+    Raises:
+        ValueError: non-finite targets, references or init; references or init outside [0, 1]
+            or of the wrong shape; targets whose width is not the model's feature dimension; a
+            radius that is not finite and > 0 or not one value per target.
+        TypeError: integer (or bool) references or init.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    targets = check_values("invert_to_features targets", targets, 2, what="(B, f)")
+    check_images("invert_to_features references", references, ndim=(3, 4))
+    if init is not None:
+        check_images("invert_to_features init", init, ndim=4)
     with frozen_eval(model):
         device = targets.device
         p0 = next(iter(model.parameters()), None)
@@ -405,19 +415,31 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         if refs.dim() == 3:
             refs = refs.unsqueeze(0).expand(B, *refs.shape).contiguous()
         if refs.shape[0] != B:
-            raise ValueError(f"references: batch {refs.shape[0]} != targets batch {B}")
-        refs = refs.clamp(0.0, 1.0)
+            raise ValueError(f"invert_to_features references: batch {refs.shape[0]} != targets batch {B} (pass "
+                             f"one reference per target, or one (C, H, W) image for all)")
+        if init is not None and tuple(init.shape) != tuple(refs.shape):
+            raise ValueError(f"invert_to_features init: shape {tuple(init.shape)} != references {tuple(refs.shape)}")
+        if B:
+            f_model = features_of(model, refs[:1]).shape[1]
+            if t.shape[1] != f_model:
+                raise ValueError(f"invert_to_features targets: {t.shape[1]} features per target, but the model's "
+                                 f"forward_features gives {f_model}")
         if mode == "point":
             r = None
             abs_tol = tol * t.norm(dim=1).clamp_min(abs_floor)
         else:
             if radius is None:
                 raise ValueError(f"mode={mode!r} needs a radius")
-            r = torch.as_tensor(radius, dtype=torch.float64, device=mdev).reshape(-1).expand(B).clone()
+            r = torch.as_tensor(radius, dtype=torch.float64, device=mdev).reshape(-1)
+            if r.numel() not in (1, B):
+                raise ValueError(f"invert_to_features radius: expected a scalar or one radius per target ({B}), got "
+                                 f"{r.numel()} values")
+            r = r.expand(B).clone()
             if (r <= 0).any() or not torch.isfinite(r).all():
-                raise ValueError("radius must be finite and > 0 (use mode='point' for r = 0)")
+                raise ValueError(f"invert_to_features radius: radius must be finite and > 0, got {r.tolist()[:5]} "
+                                 f"(use mode='point' for r = 0)")
             abs_tol = tol * r
-        x0 = refs.clone() if init is None else init.detach().to(mdev, mdtype).clamp(0, 1).clone()
+        x0 = refs.clone() if init is None else init.detach().to(mdev, mdtype).clone()
         gen = torch.Generator().manual_seed(seed)
         problem = _Problem(model, t, r, "point" if mode == "point" else "sphere", max_rows, gen)
 
@@ -467,8 +489,12 @@ class _SubProblem(_Problem):
 
 def relative_point_residual(features: torch.Tensor, targets: torch.Tensor,
                             abs_floor: float = 1e-6) -> torch.Tensor:
-    """(B,) float64 ``||features - targets|| / max(||targets||, abs_floor)``."""
-    f, t = features.double(), targets.double()
+    """(B,) float64 ``||features - targets|| / max(||targets||, abs_floor)`` of two finite (B, f)
+    tensors (ValueError for NaN/inf or different shapes; ``B = 0`` gives an empty result)."""
+    f = check_values("relative_point_residual features", features, 2, what="(B, f)").double()
+    t = check_values("relative_point_residual targets", targets, 2, what="(B, f)").double()
+    if f.shape != t.shape:
+        raise ValueError(f"relative_point_residual: features {tuple(f.shape)} and targets {tuple(t.shape)} differ")
     return (f - t).norm(dim=1) / t.norm(dim=1).clamp_min(abs_floor)
 
 

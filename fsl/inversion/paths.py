@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import features_of, frozen_eval
+from fsl.inversion._common import check_images, check_values, features_of, frozen_eval
 from fsl.inversion.core import InversionResult, invert_to_features
 
 REFERENCE_KINDS = ("black", "white", "sample", "other")
@@ -35,17 +35,19 @@ def make_references(kind: str, samples: torch.Tensor, others: torch.Tensor | Non
         others: (B, C, H, W) or (C, H, W), required for "other".
 
     Returns:
-        (B, C, H, W) references in [0, 1].
+        (B, C, H, W) references in [0, 1]; images used as references ("sample", "other") must be
+        finite floating-point images in [0, 1] (ValueError / TypeError otherwise).
     """
     if kind == "black":
         return black_reference(samples)
     if kind == "white":
         return white_reference(samples)
     if kind == "sample":
-        return samples.detach().clone()
+        return check_images("make_references samples", samples, ndim=(3, 4)).detach().clone()
     if kind == "other":
         if others is None:
             raise ValueError("kind='other' needs `others`")
+        check_images("make_references others", others, ndim=(3, 4))
         if others.dim() == samples.dim() - 1:
             others = others.unsqueeze(0).expand_as(samples)
         if others.shape != samples.shape:
@@ -93,9 +95,21 @@ def morph(model: nn.Module, image_a: torch.Tensor, image_b: torch.Tensor,
 
     Args:
         image_a, image_b: (C, H, W) images in [0, 1].
-        radii: optional (S,) radii (>= 0).
+        radii: optional (S,) finite radii (>= 0).
         invert_kw: passed to :func:`invert_to_features` (tol, max_iter, method, ...).
+
+    ``n_steps = 0`` (or empty ``radii``) gives an empty result. Images that are not single finite
+    (C, H, W) images in [0, 1] and negative or non-finite radii raise ValueError.
     """
+    check_images("morph image_a", image_a, ndim=3)
+    check_images("morph image_b", image_b, ndim=3)
+    if image_a.shape != image_b.shape:
+        raise ValueError(f"morph: image_a {tuple(image_a.shape)} and image_b {tuple(image_b.shape)} differ")
+    if radii is not None:
+        radii = check_values("morph radii", torch.as_tensor(radii).reshape(-1), 1, what="(S,)", unit="value")
+        if bool((radii < 0).any()):
+            raise ValueError(f"morph radii: {int((radii < 0).sum())} negative radii; a radius is a distance "
+                             f"(>= 0; 0 is the point problem N(x) = N(b))")
     with frozen_eval(model):
         fa = features_of(model, image_a.unsqueeze(0))[0]
         fb = features_of(model, image_b.unsqueeze(0))[0]
@@ -153,7 +167,17 @@ class PixelLinePath:
 
 def pixel_line_feature_path(model: nn.Module, image_a: torch.Tensor, image_b: torch.Tensor,
                             n: int = 50, batch_size: int = 256) -> PixelLinePath:
-    """Map the straight pixel line from a to b ((C, H, W) each) into feature space, ``n`` points."""
+    """Map the straight pixel line from a to b ((C, H, W) each, finite, in [0, 1]) into feature
+    space, ``n >= 2`` points (both ends included; ValueError otherwise)."""
+    check_images("pixel_line_feature_path image_a", image_a, ndim=3)
+    check_images("pixel_line_feature_path image_b", image_b, ndim=3)
+    if image_a.shape != image_b.shape:
+        raise ValueError(f"pixel_line_feature_path: image_a {tuple(image_a.shape)} and image_b "
+                         f"{tuple(image_b.shape)} differ")
+    if int(n) < 2:
+        raise ValueError(f"pixel_line_feature_path: n={n}; the line needs n >= 2 points (both ends)")
+    if int(batch_size) < 1:
+        raise ValueError(f"pixel_line_feature_path: batch_size must be >= 1, got {batch_size}")
     alphas = torch.linspace(0.0, 1.0, n, dtype=image_a.dtype, device=image_a.device)
     images = (1 - alphas.view(-1, 1, 1, 1)) * image_a.unsqueeze(0) + alphas.view(-1, 1, 1, 1) * image_b.unsqueeze(0)
     with frozen_eval(model):
@@ -175,14 +199,21 @@ def two_point_equidistant(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     to ``(d_ac, 0)``.
 
     Args:
-        points: (N, f); a, b: (f,).
+        points: (N, f) (or (N, ...), flattened per point); a, b: (f,) (or any shape with f entries).
 
     Returns:
-        (N, 2) float64 coordinates.
+        (N, 2) float64 coordinates (``(0, 2)`` for ``N = 0``). NaN/inf or sizes that do not match
+        raise ValueError.
     """
-    P = points.double().reshape(points.shape[0], -1)
-    A = a.double().reshape(-1).to(P.device)
-    Bp = b.double().reshape(-1).to(P.device)
+    points, a, b = torch.as_tensor(points), torch.as_tensor(a), torch.as_tensor(b)
+    if points.dim() < 2:
+        raise ValueError(f"two_point_equidistant points: expected (N, f), got shape {tuple(points.shape)} (a single "
+                         f"point is points[None])")
+    P = check_values("two_point_equidistant points", points.double().flatten(1), 2, what="(N, f)")
+    A = check_values("two_point_equidistant a", a.double().reshape(-1), 1, what="(f,)", unit="value").to(P.device)
+    Bp = check_values("two_point_equidistant b", b.double().reshape(-1), 1, what="(f,)", unit="value").to(P.device)
+    if not A.numel() == Bp.numel() == P.shape[1]:
+        raise ValueError(f"two_point_equidistant: points have {P.shape[1]} coordinates, a {A.numel()}, b {Bp.numel()}")
     d_ab = float((Bp - A).norm())
     d_ac = (P - A).norm(dim=1)
     d_bc = (P - Bp).norm(dim=1)

@@ -12,12 +12,13 @@ Everything is batched over the starting images (B, C, H, W) and follows their de
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fsl.inversion._common import feature_jacobian, features_of, frozen_eval
+from fsl.inversion._common import check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval
 
 
 @dataclass
@@ -44,7 +45,12 @@ class NullSpace:
 
 def jacobian_null_space(model: nn.Module, x0: torch.Tensor, rtol: float | None = None,
                         with_basis: bool = True, max_rows: int = 4096) -> NullSpace:
-    """Null space of ``dN/dx`` at every ``x0`` (B, C, H, W) via ``torch.func`` (vmap + jacrev)."""
+    """Null space of ``dN/dx`` at every ``x0`` (B, C, H, W) via ``torch.func`` (vmap + jacrev).
+
+    ``x0`` must be finite floating-point images (any values: the Jacobian of the network map on
+    ``R^p``) and at least one (ValueError / TypeError otherwise)."""
+    check_images("jacobian_null_space x0", x0, ndim=4, unit_box=False)
+    check_count("jacobian_null_space x0", x0.shape[0])
     with frozen_eval(model):
         J = feature_jacobian(model, x0, max_rows)
     J64 = J.double()
@@ -64,6 +70,11 @@ def jacobian_null_space(model: nn.Module, x0: torch.Tensor, rtol: float | None =
     return NullSpace(J, S, rank, tol, basis)
 
 
+def _check_jacobian(name: str, jacobian) -> torch.Tensor:
+    """``jacobian`` as a finite (B, f, p) float64 tensor (ValueError otherwise)."""
+    return check_values(name, jacobian, 3, what="(B, f, p)", unit="sample").double()
+
+
 def null_space_directions(jacobian: torch.Tensor, k: int, generator: torch.Generator | None = None,
                           rcond: float = 1e-10) -> torch.Tensor:
     """``k`` random unit directions in the null space of each Jacobian, without a full SVD.
@@ -72,12 +83,14 @@ def null_space_directions(jacobian: torch.Tensor, k: int, generator: torch.Gener
     pseudo-inverse of the small f x f Gram matrix is cut at ``rcond * ||J J^T||``).
 
     Args:
-        jacobian: (B, f, p).
+        jacobian: (B, f, p), finite (ValueError otherwise); k >= 0.
 
     Returns:
-        (B, k, p) float64 unit vectors with ``J d ~ 0``.
+        (B, k, p) float64 unit vectors with ``J d ~ 0`` (``B = 0`` or ``k = 0``: empty).
     """
-    J = jacobian.double()
+    J = _check_jacobian("null_space_directions jacobian", jacobian)
+    if int(k) < 0:
+        raise ValueError(f"null_space_directions: k must be >= 0, got {k}")
     B, f, p = J.shape
     g = torch.randn(B, k, p, generator=generator, dtype=torch.float64).to(J.device)
     G = torch.linalg.pinv(J @ J.transpose(1, 2), rtol=rcond, hermitian=True)  # (B, f, f)
@@ -123,9 +136,24 @@ def null_step_response(model: nn.Module, x0: torch.Tensor, steps=(1e-2, 3e-2, 1e
     """Measure ``||N(x0 + h d) - z0||`` for ``k`` random null-space directions per sample.
 
     No clipping to [0, 1]: the linearisation is about the network map on all of ``R^p``
-    (for display, clip the images yourself).
+    (for display, clip the images yourself). ``x0``: at least one finite image; ``steps``: at
+    least two distinct finite step sizes > 0 (the slope is a log-log fit); ``k >= 1``
+    (ValueError / TypeError otherwise).
     """
-    steps_t = torch.as_tensor(steps, dtype=torch.float64)
+    check_images("null_step_response x0", x0, ndim=4, unit_box=False)
+    check_count("null_step_response x0", x0.shape[0])
+    steps_t = check_values("null_step_response steps", torch.as_tensor(steps, dtype=torch.float64).reshape(-1), 1,
+                           what="(S,)", unit="value")
+    if bool((steps_t <= 0).any()) or torch.unique(steps_t).numel() < 2:
+        raise ValueError(f"null_step_response steps: need at least two distinct step sizes > 0 for the log-log "
+                         f"slope, got {steps_t.tolist()}")
+    if int(k) < 1:
+        raise ValueError(f"null_step_response: k must be >= 1, got {k}")
+    if jacobian is not None:
+        jacobian = _check_jacobian("null_step_response jacobian", jacobian).to(x0.device)
+        if jacobian.shape[0] != x0.shape[0] or jacobian.shape[2] != x0[0].numel():
+            raise ValueError(f"null_step_response jacobian: shape {tuple(jacobian.shape)} does not fit x0 "
+                             f"{tuple(x0.shape)} (expected ({x0.shape[0]}, f, {x0[0].numel()}))")
     with frozen_eval(model):
         J = jacobian if jacobian is not None else feature_jacobian(model, x0)
         z0 = features_of(model, x0).double()
@@ -247,7 +275,17 @@ def level_set_walk(model: nn.Module, x0: torch.Tensor, n_steps: int = 10, step: 
         x0: (B, C, H, W) start images (in [0, 1] when ``box``).
         tol: relative tolerance, absolute ``tol * max(||z0||, 1e-6)``.
         box: keep the walk in [0, 1] (clip steps, freeze pixels at a bound in the projection).
+
+    ``x0`` must hold at least one finite image (in [0, 1] when ``box``); ``eps``, ``step`` finite
+    and >= 0, ``tol`` > 0 (ValueError / TypeError otherwise).
     """
+    check_images("level_set_walk x0", x0, ndim=4, unit_box=box)
+    check_count("level_set_walk x0", x0.shape[0])
+    for nm, v in (("eps", eps), ("step", step)):
+        if not (math.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"level_set_walk: {nm} must be finite and >= 0, got {v}")
+    if not (math.isfinite(float(tol)) and float(tol) > 0):
+        raise ValueError(f"level_set_walk: tol must be finite and > 0, got {tol}")
     with frozen_eval(model):
         B = x0.shape[0]
         z0 = features_of(model, x0).double()
@@ -304,9 +342,15 @@ def level_set_walk(model: nn.Module, x0: torch.Tensor, n_steps: int = 10, step: 
 
 
 def null_space_directions_from(jacobian: torch.Tensor, vectors: torch.Tensor, rcond: float = 1e-10) -> torch.Tensor:
-    """Project given vectors (B, p) onto the null space of ``jacobian`` (B, f, p); unit norm, float64."""
-    J = jacobian.double()
-    v = vectors.double().to(J.device).unsqueeze(2)
+    """Project given vectors (B, p) onto the null space of ``jacobian`` (B, f, p); unit norm, float64.
+
+    Both must be finite with matching ``B`` and ``p`` (ValueError otherwise)."""
+    J = _check_jacobian("null_space_directions_from jacobian", jacobian)
+    v = check_values("null_space_directions_from vectors", vectors, 2, what="(B, p)").double()
+    if v.shape != (J.shape[0], J.shape[2]):
+        raise ValueError(f"null_space_directions_from: vectors {tuple(v.shape)} do not fit the jacobian "
+                         f"{tuple(J.shape)} (expected ({J.shape[0]}, {J.shape[2]}))")
+    v = v.to(J.device).unsqueeze(2)
     G = torch.linalg.pinv(J @ J.transpose(1, 2), rtol=rcond, hermitian=True)
     for _ in range(2):
         v = v - J.transpose(1, 2) @ (G @ (J @ v))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import frozen_eval
+from fsl.inversion._common import check_count, check_images, check_labels, check_values, frozen_eval
 
 INITS = ("avg-img", "min-img", "avg-min-img")
 
@@ -25,7 +25,12 @@ def _outputs(model, images, batch_size=512):
 
 
 def ideal_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """(n, n) ideal outputs: row c = per-output minima over ``images`` with entry c = the maximum."""
+    """(n, n) ideal outputs: row c = per-output minima over ``images`` with entry c = the maximum.
+
+    ``images``: at least one finite floating-point (N, C, H, W) image in [0, 1] (ValueError /
+    TypeError otherwise; minima and maxima over no image are undefined)."""
+    check_images("ideal_outputs images", images, ndim=4)
+    check_count("ideal_outputs images", images.shape[0])
     with frozen_eval(model):
         out = _outputs(model, images, batch_size).double()
     mx, mn = out.max(0).values, out.min(0).values
@@ -57,7 +62,16 @@ class IdealInputs:
 
 def refine_to_outputs(model: nn.Module, x0: torch.Tensor, goal: torch.Tensor, steps: int = 200,
                       lr: float = 0.01) -> torch.Tensor:
-    """Projected Adam on the inputs (B, C, H, W) minimising ``||model(x) - goal||^2`` (B, n)."""
+    """Projected Adam on the inputs (B, C, H, W) minimising ``||model(x) - goal||^2`` (B, n).
+
+    ``x0``: finite floating-point images in [0, 1]; ``goal``: finite (B, n) (ValueError /
+    TypeError otherwise). ``B = 0`` returns an empty copy of ``x0``."""
+    check_images("refine_to_outputs x0", x0, ndim=4)
+    goal = check_values("refine_to_outputs goal", goal, 2, what="(B, n)")
+    if goal.shape[0] != x0.shape[0]:
+        raise ValueError(f"refine_to_outputs goal: {goal.shape[0]} rows for {x0.shape[0]} images")
+    if x0.shape[0] == 0:
+        return x0.detach().clone()
     with frozen_eval(model):
         x = x0.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
@@ -86,10 +100,19 @@ def ideal_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     Args:
         images: (N, C, H, W) training images in [0, 1]; labels: (N,).
         steps, lr: refinement (the best iterate is kept, so ``distance_after <= distance_before``).
+        percentile: in [0, 100].
+
+    At least one image is needed; images must be finite, floating-point and in [0, 1], labels
+    integers in ``[0, n)``, one per image (ValueError / TypeError otherwise).
     """
+    check_images("ideal_inputs images", images, ndim=4)
+    check_count("ideal_inputs images", images.shape[0])
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"ideal_inputs: percentile must be in [0, 100], got {percentile}")
     with frozen_eval(model):
         out = _outputs(model, images, batch_size).double()
     n = out.shape[1]
+    check_labels("ideal_inputs labels", labels, images.shape[0], n)
     ideal = ideal_outputs(model, images, batch_size).to(out.device)
     D = torch.cdist(out, ideal)  # (N, n)
     lab = labels.to(images.device)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fsl.inversion._common import check_images, check_values
 from fsl.models.base import SELU_ALPHA, SELU_LAMBDA
 from fsl.spaces.subspaces import rank_tolerance
 
@@ -37,9 +38,14 @@ def selu_inverse(h: torch.Tensor, range_margin: float = 1e-12) -> tuple[torch.Te
     ``-lambda*alpha < h <= 0``. Entries with ``h <= -lambda*alpha*(1 - range_margin)`` (or
     non-finite) are clamped to that bound and reported.
 
+    ``range_margin`` must lie in (0, 1): 0 would map the bound itself to ``-inf``.
+
     Returns:
         z (same shape, float64), out_of_range mask (bool, same shape).
     """
+    if not 0.0 < float(range_margin) < 1.0:
+        raise ValueError(f"selu_inverse: range_margin must be in (0, 1), got {range_margin} (0 maps "
+                         f"-lambda*alpha to z = -inf)")
     h64 = h.double()
     floor = SELU_LOWER * (1.0 - range_margin)
     bad = ~(h64 > floor) | ~torch.isfinite(h64)
@@ -93,7 +99,13 @@ def _pinv(W: torch.Tensor, rtol: float | None) -> torch.Tensor:
 
 
 def forward_chain(chain: list[SeluLayer], h0: torch.Tensor) -> list[torch.Tensor]:
-    """Activations ``[h_0, h_1, ..., h_L]`` (float64) of the chain for inputs ``h0`` (B, n)."""
+    """Activations ``[h_0, h_1, ..., h_L]`` (float64) of the chain for inputs ``h0`` (B, n).
+
+    ``h0`` must be finite with ``n`` = the first layer's input width (ValueError otherwise)."""
+    h0 = check_values("forward_chain h0", h0, None, unit="row")
+    if chain and (h0.dim() == 0 or h0.shape[-1] != chain[0].weight.shape[1]):
+        raise ValueError(f"forward_chain h0: expected (B, {chain[0].weight.shape[1]}) inputs of layer "
+                         f"{chain[0].name!r}, got shape {tuple(h0.shape)}")
     hs = [h0.double()]
     for layer in chain:
         z = hs[-1] @ layer.weight.T.to(h0.device) + layer.bias.to(h0.device)
@@ -148,13 +160,23 @@ def selu_invert(model: nn.Module, outputs: torch.Tensor, x_true: torch.Tensor | 
             the SELU outputs).
         x_true: optional (B, C, H, W) true inputs, to measure the errors against the row-space
             components of the true activations.
+
+    ``outputs`` must be finite (B, m_L); finite values outside SELU's range are clamped and
+    flagged (see :func:`selu_inverse`), NaN/inf raise ValueError (a network never outputs them).
+    ``x_true``: finite images in [0, 1], one per output. ``B = 0`` gives empty results.
     """
     from fsl.models.mlp import FCNN1
 
     chain = selu_chain(model, "logits" if isinstance(model, FCNN1) else start)
+    m_out = chain[-1].weight.shape[0]
+    outputs = check_values("selu_invert outputs", outputs, 2, width=m_out, what=f"(B, {m_out})")
     dev = outputs.device
     h = outputs.detach().double()
     B = h.shape[0]
+    if x_true is not None:
+        check_images("selu_invert x_true", x_true, ndim=4)
+        if x_true.shape[0] != B:
+            raise ValueError(f"selu_invert x_true: {x_true.shape[0]} images for {B} outputs")
     recon = [h]
     clamped = torch.zeros(len(chain), dtype=torch.long)
     flagged = torch.zeros(B, dtype=torch.bool, device=dev)

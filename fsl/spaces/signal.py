@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.spaces.subspaces import FundamentalSubspaces, LayerMatrix, fundamental_subspaces, layer_matrices
+from fsl.inversion._common import check_count, check_images, check_labels
+from fsl.spaces.subspaces import (FundamentalSubspaces, LayerMatrix, _finite_matrix, fundamental_subspaces,
+                                  layer_matrices)
 
 
 def first_layer(model: nn.Module) -> LayerMatrix:
@@ -40,9 +42,13 @@ class SignalImages:
 
 
 def first_layer_signal_images(model: nn.Module, k: int | None = None, rtol: float | None = None) -> SignalImages:
-    """Signal images ``sigma_i v_i`` (i < k, default: the rank, at most 64) of the first layer."""
+    """Signal images ``sigma_i v_i`` (i < k >= 0, default: the rank, at most 64) of the first layer
+    (ValueError for a negative ``k`` or a weight with NaN/inf)."""
+    if k is not None and int(k) < 0:
+        raise ValueError(f"first_layer_signal_images: k must be >= 0 (or None for the rank), got {k}")
     lm = first_layer(model)
-    sp = fundamental_subspaces(lm.weight, rtol, lm.source_dtype)
+    sp = fundamental_subspaces(_finite_matrix(f"first_layer_signal_images: layer {lm.name!r} weight", lm.weight),
+                               rtol, lm.source_dtype)
     if lm.kind == "linear":
         shape = tuple(getattr(model, "input_shape", (lm.weight.shape[1],)))
         if int(torch.tensor(shape).prod()) != lm.weight.shape[1]:
@@ -57,8 +63,10 @@ def first_layer_signal_images(model: nn.Module, k: int | None = None, rtol: floa
 
 
 def layer_input(model: nn.Module, images: torch.Tensor, normalized: bool = True) -> torch.Tensor:
-    """What an MLP's first layer multiplies: ``normalize(x).flatten(1)`` (or the raw pixels)."""
-    x = images
+    """What an MLP's first layer multiplies: ``normalize(x).flatten(1)`` (or the raw pixels).
+
+    ``images``: finite floating-point (B, C, H, W) in [0, 1] (ValueError / TypeError otherwise)."""
+    x = check_images("layer_input images", images, ndim=4)
     if normalized and hasattr(model, "normalize"):
         x = model.normalize(x.to(model.normalize.mean.device, model.normalize.mean.dtype))
     return x.flatten(1).double()
@@ -91,7 +99,13 @@ def class_residuals(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         images: (N, C, H, W) in [0, 1]; labels: (N,).
         normalized: measure in the layer's own input space (the model's normalised pixels,
             default) or in raw pixels.
+
+    At least one image is needed; images must be finite, floating-point and in [0, 1], labels
+    integers, one per image (ValueError / TypeError otherwise).
     """
+    check_images("class_residuals images", images, ndim=4)
+    check_count("class_residuals images", images.shape[0])
+    check_labels("class_residuals labels", labels, images.shape[0])
     lm = first_layer(model)
     if lm.kind != "linear":
         raise NotImplementedError("class residual images need a linear first layer (MLP/FCNN); "

@@ -17,6 +17,7 @@ with the precision the weights were trained in, not the float64 used for the SVD
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,11 +64,35 @@ def layer_matrices(model: nn.Module) -> list[LayerMatrix]:
     return out
 
 
+def _finite_matrix(name: str, W) -> torch.Tensor:
+    """``W`` as a real 2-D tensor without NaN/inf; ValueError / TypeError naming ``name`` otherwise
+    (an SVD of a non-finite matrix has no meaning and LAPACK fails on it)."""
+    W = torch.as_tensor(W)
+    if W.dtype == torch.bool or W.is_complex():
+        raise TypeError(f"{name}: expected a real matrix, got dtype {W.dtype}")
+    if W.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix (m, n), got shape {tuple(W.shape)} (reshape conv kernels "
+                         f"to out x in*kh*kw, or use layer_matrices)")
+    ok = torch.isfinite(W)
+    if not bool(ok.all()):
+        rows = torch.nonzero(~ok.all(1)).flatten()
+        raise ValueError(f"{name}: {int((~ok).sum())} NaN/inf entries in {rows.numel()} of {W.shape[0]} rows "
+                         f"(first: {rows[:5].tolist()}); the weights diverged or were corrupted, so no SVD, rank or "
+                         f"subspace is defined (check the training run / checkpoint)")
+    return W
+
+
 def rank_tolerance(singular_values: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype,
                    rtol: float | None = None) -> float:
-    """``sigma_1 * (rtol or max(m, n) * eps(dtype))`` (0 for an empty or zero matrix)."""
+    """``sigma_1 * (rtol or max(m, n) * eps(dtype))`` (0 for an empty or zero matrix).
+
+    ValueError for a ``rtol`` that is not finite and >= 0, or NaN/inf singular values."""
+    if rtol is not None and not (math.isfinite(float(rtol)) and float(rtol) >= 0):
+        raise ValueError(f"rank_tolerance: rtol must be finite and >= 0, got {rtol}")
     if singular_values.numel() == 0:
         return 0.0
+    if not bool(torch.isfinite(singular_values).all()):
+        raise ValueError("rank_tolerance: singular_values contain NaN/inf; compute them from a finite matrix")
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
     rel = rtol if rtol is not None else max(shape) * eps
     return float(singular_values[0]) * rel
@@ -113,8 +138,11 @@ class FundamentalSubspaces:
 
 def fundamental_subspaces(W: torch.Tensor, rtol: float | None = None,
                           source_dtype: torch.dtype | None = None) -> FundamentalSubspaces:
-    """Full SVD of ``W`` (m, n) in float64 and the four subspaces (see module docstring)."""
-    W64 = W.detach().double()
+    """Full SVD of ``W`` (m, n) in float64 and the four subspaces (see module docstring).
+
+    ``W`` must be a finite real 2-D matrix (ValueError / TypeError otherwise); an empty one
+    (``m = 0`` or ``n = 0``) has rank 0 and empty bases."""
+    W64 = _finite_matrix("fundamental_subspaces W", W).detach().double()
     m, n = W64.shape
     U, S, Vh = torch.linalg.svd(W64, full_matrices=True)
     tol = rank_tolerance(S, (m, n), source_dtype or W.dtype, rtol)
@@ -142,10 +170,12 @@ class LayerSpectrum:
 
 
 def layer_spectra(model: nn.Module, rtol: float | None = None) -> list[LayerSpectrum]:
-    """Singular values, rank and condition numbers of every Linear/Conv2d layer (no bases)."""
+    """Singular values, rank and condition numbers of every Linear/Conv2d layer (no bases).
+
+    ValueError naming the layer when a weight holds NaN/inf."""
     out = []
     for lm in layer_matrices(model):
-        S = torch.linalg.svdvals(lm.weight)
+        S = torch.linalg.svdvals(_finite_matrix(f"layer_spectra: layer {lm.name!r} weight", lm.weight))
         tol = rank_tolerance(S, tuple(lm.weight.shape), lm.source_dtype, rtol)
         r = int((S > tol).sum())
         s1 = float(S[0]) if S.numel() else 0.0
@@ -156,5 +186,8 @@ def layer_spectra(model: nn.Module, rtol: float | None = None) -> list[LayerSpec
 
 
 def all_layer_subspaces(model: nn.Module, rtol: float | None = None) -> dict[str, FundamentalSubspaces]:
-    """``{layer name: FundamentalSubspaces}`` for every Linear/Conv2d layer."""
-    return {lm.name: fundamental_subspaces(lm.weight, rtol, lm.source_dtype) for lm in layer_matrices(model)}
+    """``{layer name: FundamentalSubspaces}`` for every Linear/Conv2d layer (ValueError naming the
+    layer when a weight holds NaN/inf)."""
+    return {lm.name: fundamental_subspaces(_finite_matrix(f"all_layer_subspaces: layer {lm.name!r} weight",
+                                                          lm.weight), rtol, lm.source_dtype)
+            for lm in layer_matrices(model)}
