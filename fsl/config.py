@@ -38,6 +38,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("fsl_wandb_mode", wandb_mode)
     if not OmegaConf.has_resolver("fsl_ckpt_name"):
         OmegaConf.register_new_resolver("fsl_ckpt_name", checkpoint_run_name)
+    if not OmegaConf.has_resolver("fsl_run_id"):
+        from fsl.tracking.rundir import resolve_run_dir, resolve_run_id
+
+        # cached per composed config: one id and one folder per run
+        OmegaConf.register_new_resolver("fsl_run_id", resolve_run_id, use_cache=True)
+        OmegaConf.register_new_resolver("fsl_run_dir", resolve_run_dir, use_cache=True)
 
 
 def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:

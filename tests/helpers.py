@@ -42,3 +42,25 @@ def train_selu_mlp(X, y, hidden, epochs: int, lr: float, X_held, y_held, min_acc
         acc = (model(X_held).argmax(1) == y_held).float().mean().item()
     assert acc > min_acc, f"fixture model did not train (held-out accuracy {acc:.3f})"
     return model
+
+
+
+class CrashAtStep:
+    """A Lightning callback that crashes training after optimizer step ``step``: ``how="sigkill"``
+    kills its own process (no Python handler runs), ``how="raise"`` raises RuntimeError. Use:
+    ``+callbacks.crash._target_=tests.helpers.CrashAtStep +callbacks.crash.step=N``."""
+
+    def __new__(cls, step: int, how: str = "sigkill"):
+        import os
+        import signal
+
+        import pytorch_lightning as pl
+
+        class _Crash(pl.Callback):
+            def on_train_batch_end(self, trainer, *args, **kwargs):
+                if trainer.global_step >= step:
+                    if how == "sigkill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError(f"crash at step {trainer.global_step} (tests.helpers.CrashAtStep)")
+
+        return _Crash()

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from fsl.data.augment import random_crop, random_hflip
 from fsl.data.sources import CLASS_NAMES, LOADERS
@@ -47,6 +47,34 @@ def collate_batch(batch):
     return batch
 
 
+def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed that is a function of ``(seed, epoch, stream, rank)`` only (numpy's SeedSequence
+    hashing), so that the data order and augmentation of an epoch do not depend on what ran before:
+    a run resumed from an end-of-epoch checkpoint continues bit-identically."""
+    words = np.random.SeedSequence([int(seed), int(epoch), int(stream), int(rank)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
+
+
+class EpochRandomSampler(RandomSampler):
+    """A :class:`~torch.utils.data.RandomSampler` whose permutation is keyed by ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every training epoch (as for a ``DistributedSampler``, which
+    it swaps in under DDP); the permutation of epoch ``e`` is the same whether the run started at
+    epoch 0 or was resumed at epoch ``e``.
+    """
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        return super().__iter__()
+
+
 def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, holdout)`` with ``holdout`` samples, class proportions preserved, seeded."""
     rng = np.random.default_rng(seed)
@@ -81,7 +109,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
         self.limit_train = limit_train
         self.synthetic = dict(synthetic or {})
-        self._generator = torch.Generator().manual_seed(self.seed)
+        # augmentation stream, re-seeded from (seed, epoch, rank) at the first batch of every epoch
+        self._aug_generator, self._aug_epoch = torch.Generator(), None
         self.train_set = self.val_set = self.test_set = None
         self._shape_info()
 
@@ -127,9 +156,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_set = ImageTensorDataset(t(x_test), t(y_test))
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # A plain (batch_size, shuffle) loader, so that Lightning can swap in a DistributedSampler.
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          generator=self._generator if shuffle else None, collate_fn=collate_batch,
+        # A (batch_size, RandomSampler) loader: Lightning recognises it as shuffled and swaps in a
+        # DistributedSampler (seeded, keyed by epoch too) under DDP.
+        sampler = EpochRandomSampler(dataset, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -144,18 +174,23 @@ class ImageDataModule(pl.LightningDataModule):
     def train_eval_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.eval_batch_size, shuffle=False)
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, epoch: int = 0, rank: int = 0) -> torch.Tensor:
+        """Random crop / flip of a training batch ``(B, C, H, W)``. The random stream restarts from
+        ``(seed, epoch, rank)`` whenever ``epoch`` changes and runs on within the epoch."""
+        if (epoch, rank) != self._aug_epoch:
+            self._aug_generator.manual_seed(epoch_seed(self.seed, epoch, stream=1, rank=rank))
+            self._aug_epoch = (epoch, rank)
         if self.crop_padding:
-            x = random_crop(x, self.crop_padding, self._generator)
+            x = random_crop(x, self.crop_padding, self._aug_generator)
         if self.hflip:
-            x = random_hflip(x, 0.5, self._generator)
+            x = random_hflip(x, 0.5, self._aug_generator)
         return x
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and (self.crop_padding or self.hflip):
             x, y = batch
-            batch = (self.augment(x), y)
+            batch = (self.augment(x, trainer.current_epoch, trainer.global_rank), y)
         return batch
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

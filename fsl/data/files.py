@@ -55,16 +55,26 @@ def network_allowed() -> bool:
 
 
 def download(url: str, dest: Path, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``dest`` atomically (a partial file is never left at ``dest``)."""
+    """Download ``url`` to ``dest`` atomically: a partial file is never left at ``dest``, and the
+    folders created for it are removed again when the download fails."""
+    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
+    ok = False
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 out.write(chunk)
         os.replace(tmp, dest)
+        ok = True
     finally:
         tmp.unlink(missing_ok=True)
+        if not ok:
+            for folder in created:  # innermost first; only folders that are still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def locate_or_fetch(dataset: str, filenames: Iterable[str], search_dirs: Iterable[Path],

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fsl.config import to_plain
+from fsl.tracking.rundir import (FAILED_MARKER, claim_run_dir, fail_run_dir, new_run_id, process_rank, read_marker,
+                                 release_run_dir)
 from fsl.training.checkpoint import read_checkpoint
 from fsl.training.module import ClassifierModule
 
@@ -84,8 +86,53 @@ def finish_wandb(logger) -> None:
     wandb.teardown()
 
 
+def _run_folder(cfg: DictConfig) -> tuple[Path, str]:
+    """``(folder, run id)`` of this run, written back into ``cfg``: Hydra's run dir when Hydra runs
+    (so that ``hydra.run.dir=X`` and ``paths.output_dir=X`` both put everything in X), else
+    ``paths.output_dir``. DDP ranks > 0 take rank 0's folder and id."""
+    folder = Path(str(cfg.paths.output_dir))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            folder = Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:  # pragma: no cover
+        pass
+    run_id = str(cfg.get("run_id") or new_run_id())
+    if process_rank() > 0:
+        run_id = str((read_marker(folder) or {}).get("run_id", run_id))
+    with open_dict(cfg):
+        if Path(str(cfg.paths.output_dir)).resolve() != folder.resolve():
+            log.info("run folder: %s (Hydra's run dir; paths.output_dir follows it)", folder)
+        cfg.paths.output_dir = str(folder)
+        cfg.run_id = run_id
+    return folder, run_id
+
+
 def train(cfg: DictConfig) -> TrainResult:
-    """Fit (optionally resuming from ``cfg.ckpt_path``), then test the best checkpoint."""
+    """Fit (optionally resuming from ``cfg.ckpt_path``), then test the best checkpoint.
+
+    The run lives in one folder (``paths.output_dir``, see :mod:`fsl.tracking.rundir`), claimed
+    exclusively before any work. A run that fails before its first checkpoint leaves no folder
+    behind; one that fails later keeps its checkpoints and a ``FAILED`` note.
+    """
+    folder, run_id = _run_folder(cfg)
+    rank0 = process_rank() == 0
+    if rank0:
+        claim_run_dir(folder, run_id)
+    try:
+        result = _train(cfg)
+    except BaseException as exc:
+        if rank0:
+            fail_run_dir(folder, exc)
+        raise
+    if rank0:
+        (folder / FAILED_MARKER).unlink(missing_ok=True)
+        release_run_dir(folder)
+    return result
+
+
+def _train(cfg: DictConfig) -> TrainResult:
     pl.seed_everything(int(cfg.seed), workers=True)
     resume_id = None
     if cfg.get("ckpt_path"):
@@ -93,6 +140,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
         resume_id = read_checkpoint(cfg.ckpt_path).get(CHECKPOINT_KEY)
     datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")  # missing data fails here, before a logger or W&B run exists
     module = build_module(cfg, datamodule)
     loggers = build_loggers(cfg, resume_id)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
