@@ -74,3 +74,45 @@ def test_wrong_architecture_and_corrupt_checkpoint(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="corrupt"):
         analyze(analyze_cfg(tmp_path, bad, tmp_path / "r2"))
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_analysis_killed_midway_leaves_the_previous_results_whole(checkpoint, tmp_path):
+    """SIGKILL while figures are being written: the results folder still holds the previous run's
+    files, byte for byte; the next run removes the partial folder and swaps in its own results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fsl.analysis.study import analyze
+
+    tmp, ckpt = checkpoint
+    out = tmp_path / "res"
+    quick = ["adversarial.enabled=false", "pixel_hull.enabled=false", "pixels.run=false"]
+    analyze(analyze_cfg(tmp_path, ckpt, out, quick))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("metrics.json") in before and Path("report.md") in before
+    root = Path(__file__).resolve().parent.parent
+    args = [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp_path}", "n_train=256", "n_eval=96",
+            "device=cpu", "adversarial.enabled=false", "pixel_hull.enabled=false", "pixels.run=true",
+            "pixels.n_measure=6", "pixels.n_figure=2", "pixels.batch_size=6", "pixels.n_signal=200",
+            "pixels.n_ideal=200", "pixels.ideal_steps=10"]
+    proc = subprocess.Popen([sys.executable, str(root / "analyze.py"), *args], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # wait until it has written some figures
+        if list(tmp_path.glob(".res.partial-*/figures/*.png")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the analysis finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".res.partial-*/figures/*.png"))  # it was killed mid-way ...
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # ... and the results are the previous ones, whole
+    analyze(analyze_cfg(tmp_path, ckpt, out, quick))
+    assert not list(tmp_path.glob(".res.*"))  # partial folder of the killed run removed, no leftovers
+    assert (out / "metrics.json").is_file()

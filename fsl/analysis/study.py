@@ -72,7 +72,7 @@ def analyze(cfg) -> AnalysisResult:
     dm = create_datamodule(**data_spec)
     dm.setup()
     names = [str(c) for c in dm.class_names]
-    out = ResultsDir(cfg.output_dir)
+    out = ResultsDir(cfg.output_dir, staged=True)  # whole or absent: swapped in when everything is written
     bs = int(cfg.get("batch_size", 1000))
     seed = int(cfg.get("seed", 0))
 
@@ -150,6 +150,8 @@ def analyze(cfg) -> AnalysisResult:
     steps.close()
     metrics["analysis/seconds"] = time.time() - t0
     files.append(out.write_json("metrics.json", metrics))
+    files = [out.final_path(f) for f in files]
+    out.commit()
     _log_wandb(cfg, metrics, out)
     return AnalysisResult(metrics=metrics, results_dir=out.root, files=files)
 
