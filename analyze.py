@@ -1,15 +1,9 @@
 """The full study on a checkpoint: ``python analyze.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt``."""
-import hydra
-from omegaconf import DictConfig
-
 from fsl.analysis.study import analyze
-from fsl.config import register_resolvers
-
-register_resolvers()
+from fsl.cli import main
 
 
-@hydra.main(config_path="configs", config_name="analyze", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg) -> None:
     result = analyze(cfg)
     print(f"results: {result.results_dir}")
     for key in sorted(result.metrics):
@@ -20,4 +14,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(run, "analyze")

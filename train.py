@@ -1,15 +1,9 @@
 """Train a classifier and measure its feature space: ``python train.py [experiment=<name>] [key=value ...]``."""
-import hydra
-from omegaconf import DictConfig
-
-from fsl.config import register_resolvers
+from fsl.cli import main
 from fsl.training import train
 
-register_resolvers()
 
-
-@hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def run(cfg) -> float:
     result = train(cfg)
     print(f"best checkpoint: {result.best_checkpoint}\nmetrics: "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())))
@@ -17,4 +11,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    main(run, "train")

@@ -79,7 +79,7 @@ def test_wrong_architecture_and_corrupt_checkpoints_are_clear_errors(trained, tm
         load_model(result.best_checkpoint, expected_model="resnet20")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_model(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.ckpt")

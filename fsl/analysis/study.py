@@ -65,6 +65,9 @@ def analyze(cfg) -> AnalysisResult:
     from fsl.data import create_datamodule
     from fsl.training.checkpoint import load_model
 
+    from fsl.validate import validate_analyze_config
+
+    validate_analyze_config(cfg)
     t0 = time.time()
     device = _device(cfg.get("device", "auto"))
     model, hp = load_model(cfg.ckpt_path, expected_model=cfg.get("expected_model"), map_location=device)

@@ -1,15 +1,26 @@
 """Loading checkpoints safely (``weights_only=True``) and rebuilding the model from them alone."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
+from fsl.errors import FslError
 from fsl.models import FeatureClassifier, create_model
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FslError, RuntimeError):
     """The file is not a usable fsl checkpoint."""
+
+
+def _why(exc: Exception) -> str:
+    """The informative part of torch.load's error: the unsupported global, or the first sentence."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.strip().split(". ")[0]
+    return text.strip().splitlines()[0].split(". ")[0][:160] if text.strip() else type(exc).__name__
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -17,11 +28,21 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<path to a .ckpt from train.py>")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save: a zip archive (legacy: a pickle)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with bytes {head!r}, not a zip "
+                              f"archive written by torch.save); pass a .ckpt written by fsl's train.py")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is corrupt, "
-                              f"truncated, or not a PyTorch checkpoint written by fsl's train.py") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: not a plain fsl checkpoint
+        raise CheckpointError(f"{path} holds Python objects that torch.load(weights_only=True) refuses to "
+                              f"load ({_why(exc)}); fsl checkpoints hold only tensors and plain "
+                              f"hyperparameters: pass a .ckpt written by fsl's train.py") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means the file is unusable
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated "
+                              f"({_why(exc)}); copy it again or "
+                              f"pass another .ckpt written by fsl's train.py") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path} is not an fsl checkpoint (no state_dict/hyper_parameters); "
                               f"use a .ckpt written by fsl's train.py")

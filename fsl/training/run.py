@@ -15,6 +15,7 @@ from fsl.tracking.rundir import (FAILED_MARKER, claim_run_dir, fail_run_dir, new
                                  release_run_dir)
 from fsl.training.checkpoint import read_checkpoint
 from fsl.training.module import ClassifierModule
+from fsl.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
 
 def _train(cfg: DictConfig) -> TrainResult:
+    validate_train_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     resume_id = None
     if cfg.get("ckpt_path"):
