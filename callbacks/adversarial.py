@@ -46,7 +46,7 @@ class AdversarialDetectionCallback(pl.Callback):
             self._log_media(trainer)
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
-        from fsl.adversarial.evaluate import PER_SAMPLE_DTYPES, Detectors, DistanceFunctions, evaluate_attack, \
+        from fsl.adversarial.evaluate import per_sample_dtypes, Detectors, DistanceFunctions, evaluate_attack, \
             summarize_attack
         from fsl.geometry import flip_margins
 
@@ -90,7 +90,7 @@ class AdversarialDetectionCallback(pl.Callback):
                 parts.append(ps)
             # one dtype per key on every rank (an idle rank has no parts): collectives need equal sizes
             local = {key: torch.cat([p[key].cpu() for p in parts]).to(dt) if parts else torch.empty(0, dtype=dt)
-                     for key, dt in PER_SAMPLE_DTYPES.items()}
+                     for key, dt in per_sample_dtypes().items()}
             gathered = {k: gather_cat(v.cpu()) for k, v in local.items()}
             order = torch.argsort(gathered["index"])
             gathered = {k: v[order] for k, v in gathered.items()}

@@ -346,7 +346,7 @@ def test_evaluate_attack_end_to_end(trained):
     with torch.no_grad():
         f_adv = model.forward_features(run_attack(model, Xte[:200][correct], yte[:200][correct], "deepfool").adv_images)
     assert torch.allclose(ps["adv_margin"], geo.margin_fn(f_adv), atol=1e-6)
-    assert torch.allclose(ps["adv_knn"], det.knn.score(f_adv))
+    assert torch.allclose(ps["adv_knn"], det["knn"].index.score(f_adv))
     assert met["frac_margin_lt_hull"] == pytest.approx(float((ps["adv_margin"][s] < ps["adv_hull"][s]).double().mean()))
     assert met["frac_hull_shrank"] == pytest.approx(float((ps["adv_hull"][s] < ps["clean_hull"][s]).double().mean()))
     direct = detection_metrics(margin_score(ps["clean_margin"]), margin_score(ps["adv_margin"][s]))
@@ -386,12 +386,12 @@ def test_evaluate_attack_with_fsl_geometry_margins(trained):
 def test_a_nan_score_drops_the_sample_from_every_detector():
     """One set of negatives for all detectors: a clean sample with a NaN hull distance is dropped
     from every table (counted), so the detectors are compared on the same samples."""
-    from fsl.adversarial.evaluate import PER_SAMPLE_DTYPES, summarize_attack
+    from fsl.adversarial.evaluate import per_sample_dtypes, summarize_attack
 
     g = torch.Generator().manual_seed(0)
     n = 40
     ps = {k: (torch.rand(n, generator=g) if dt == torch.float64 else torch.zeros(n, dtype=dt))
-          for k, dt in PER_SAMPLE_DTYPES.items()}
+          for k, dt in per_sample_dtypes().items()}
     ps = {k: v.double() if v.is_floating_point() else v for k, v in ps.items()}
     ps["success"] = torch.arange(n) % 2 == 0
     ps["clean_hull"][3] = float("nan")

@@ -27,7 +27,7 @@ import torch
 from fsl import adversarial as A
 from fsl import inversion as I
 from fsl import spaces as S
-from fsl.adversarial.evaluate import PER_SAMPLE_DTYPES
+from fsl.adversarial.evaluate import per_sample_dtypes
 from fsl.geometry import ball_counts, flip_margins, hull_distances, union_coverage
 from fsl.models import create_model
 
@@ -449,7 +449,7 @@ ROWS = [
     pytest.param(lambda c: A.evaluate_attack(c.model, nan_image(c), c.y, c.f_train, c.y_train, "deepfool",
                                              c.detectors, n_boot=10), Raises(ValueError, FINITE),
                  "FAILED: silent, NaN images dropped as misclassified", id="evaluate_attack-nan"),
-    pytest.param(lambda c: A.summarize_attack({k: torch.empty(0, dtype=dt) for k, dt in PER_SAMPLE_DTYPES.items()},
+    pytest.param(lambda c: A.summarize_attack({k: torch.empty(0, dtype=dt) for k, dt in per_sample_dtypes().items()},
                                               torch.ones(3), n_boot=5)[0],
                  Check(lambda out, c: out["n_attacked"] == 0.0 and math.isnan(out["auroc/margin"])
                        and math.isnan(out["rule/train_margin_caught"])), "PINNED (nothing attacked -> NaN metrics)",
@@ -501,9 +501,9 @@ ROWS = [
     pytest.param(lambda c: A.mahalanobis_score(torch.tensor([[2.0], [5.5]], dtype=torch.float64), A.fit_mahalanobis(
                  torch.tensor([[0.0], [1.0], [4.0], [6.0]]), torch.tensor([0, 0, 1, 1]))), Check(_check_mahalanobis_f1),
                  "PINNED", id="mahalanobis_score-f1"),
-    pytest.param(lambda c: A.mahalanobis_score(poke(c.f, (0, 0), NAN), c.detectors.mahalanobis),
+    pytest.param(lambda c: A.mahalanobis_score(poke(c.f, (0, 0), NAN), c.detectors["mahalanobis"].gaussians),
                  Raises(ValueError, "non-finite"), "FAILED: silent NaN score", id="mahalanobis_score-nan"),
-    pytest.param(lambda c: A.mahalanobis_score(c.f[:, :3], c.detectors.mahalanobis),
+    pytest.param(lambda c: A.mahalanobis_score(c.f[:, :3], c.detectors["mahalanobis"].gaussians),
                  Raises(ValueError, "features have 3 dims, the fitted Gaussians 5"),
                  "FAILED: RuntimeError: linalg.solve_triangular: Incompatible shapes", id="mahalanobis_score-width"),
     pytest.param(lambda c: A.knn_score(c.f, c.f[:0], k=1), Raises(ValueError, "no training features"),
@@ -556,6 +556,12 @@ ROWS = [
                  id="suite_for_data-unknown"),
     pytest.param(lambda c: A.load_suite("foo"), Raises(ValueError, "unknown attack suite"), "PINNED",
                  id="load_suite-unknown"),
+    pytest.param(lambda c: A.register_detector("x")(int), Raises(TypeError, "not a fsl.adversarial.detectors.Detector"),
+                 "PINNED", id="register_detector-not-a-detector"),
+    pytest.param(lambda c: A.register_detector("margin")(type("Other", (A.Detector,), {})),
+                 Raises(ValueError, "'margin' is registered twice"), "PINNED", id="register_detector-twice"),
+    pytest.param(lambda c: A.register_attack("pgd")(lambda model, images, labels: images),
+                 Raises(ValueError, "'pgd' is registered twice"), "PINNED", id="register_attack-twice"),
     # ================================================================ fsl.geometry (audited before)
     pytest.param(lambda c: flip_margins(poke(c.f, (2, 1), NAN), c.model.head.weight, c.model.head.bias),
                  Raises(ValueError, r"flip_margins features: 1 row\(s\) contain NaN/inf \(first: \[2\]\)"),
@@ -616,4 +622,4 @@ def test_every_public_function_has_a_row():
 
 
 #: public functions without a tensor input to get wrong (context managers)
-_NO_DATA_INPUT = {"frozen_eval", "attack_context"}
+_NO_DATA_INPUT = {"frozen_eval", "attack_context", "detector_names", "per_sample_dtypes"}

@@ -8,8 +8,10 @@ from fsl.adversarial.detection import (SCORES, KNNDetector, Mahalanobis, ambigui
                                        clean_threshold, detection_metrics, detection_table, energy_score, fdbd_score,
                                        feature_space_summary, fit_fdbd, fit_mahalanobis, knn_score,
                                        mahalanobis_score, margin_score, msp_score, roc_curve, train_margin_rule)
+from fsl.adversarial.detectors import DETECTORS, Detector, FitData, detector_names, register_detector
 from fsl.adversarial.evaluate import (AttackEvaluation, Detectors, DistanceFunctions, evaluate_attack,
-                                      summarize_attack)
+                                      per_sample_dtypes, summarize_attack)
+from fsl.adversarial.registry import register_attack
 from fsl.adversarial.success import GAP_RTOL, gap_tolerance, is_adversarial, logit_gap
 from fsl.adversarial.suites import load_suite, suite_for_data
 
@@ -19,4 +21,5 @@ __all__ = ["ATTACKS", "DEFAULT_PARAMS", "AttackResult", "AttackSpec", "attack_co
            "feature_space_summary", "fit_fdbd", "fit_mahalanobis", "knn_score", "mahalanobis_score", "margin_score",
            "msp_score", "roc_curve", "train_margin_rule", "AttackEvaluation", "Detectors", "DistanceFunctions",
            "evaluate_attack", "summarize_attack", "GAP_RTOL", "gap_tolerance", "is_adversarial", "logit_gap",
-           "load_suite", "suite_for_data"]
+           "load_suite", "suite_for_data", "DETECTORS", "Detector", "FitData", "detector_names", "register_detector",
+           "register_attack", "per_sample_dtypes"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fsl.adversarial.detection import _weight_gaps
+from fsl.adversarial.registry import register_attack
 
 
 def normalized_margin(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,8 @@ def normalized_margin(logits: torch.Tensor, labels: torch.Tensor, pair_norms: to
     return diff.amin(dim=1)
 
 
+@register_attack("margin_pgd", defaults={"eps": 0.3, "alpha": None, "steps": 40, "random_start": True},
+                 norm="Linf", doc="fsl adaptive PGD against the margin detector")
 def margin_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = 0.3,
                alpha: float | None = None, steps: int = 40, random_start: bool = True) -> torch.Tensor:
     """Adaptive L-inf PGD against the margin detector; returns ``(B, C, H, W)`` images in ``[0, 1]``.

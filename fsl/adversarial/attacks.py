@@ -42,51 +42,18 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from fsl.adversarial._checks import check_labels, check_model_images, check_values
-from fsl.adversarial.adaptive import margin_pgd
-from fsl.adversarial.cw import cw_l2
-from fsl.adversarial.deepfool import deepfool
+# importing an attack's module registers it (one file per attack; order = the table above)
+from fsl.adversarial import deepfool as _deepfool, pgd as _pgd, cw as _cw, adaptive as _adaptive  # noqa: F401
+from fsl.adversarial.registry import ATTACKS, AttackSpec, register_attack
 from fsl.adversarial.success import gap_tolerance, is_adversarial, logit_gap
 
 
-def _torchattack(cls_name: str):
-    """An attack function ``(model, images, labels, **params) -> images`` over a torchattacks class;
-    ``alpha=None`` means Madry et al.'s ``2.5 * eps / steps``."""
-    def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **params) -> torch.Tensor:
-        import torchattacks  # imported lazily: heavy, and only needed here
-
-        if "alpha" in params and params["alpha"] is None:
-            params = {**params, "alpha": 2.5 * float(params["eps"]) / max(int(params["steps"]), 1)}
-        out = getattr(torchattacks, cls_name)(model, **params)(images, labels)
-        if isinstance(out, (tuple, list)):  # older torchattacks DeepFool: (adv_images, target_labels)
-            out = out[0]
-        return out.detach()
-
-    run.__name__ = f"torchattacks.{cls_name}"
-    return run
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A registered attack: ``fn(model, images, labels, **params) -> adv_images`` and its defaults."""
-
-    fn: Callable[..., torch.Tensor]
-    defaults: dict
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    "deepfool": AttackSpec(deepfool, {"steps": 50, "overshoot": 0.02, "box": "auto"}),
-    "deepfool_torchattacks": AttackSpec(_torchattack("DeepFool"), {"steps": 50, "overshoot": 0.02}),
-    "pgd": AttackSpec(_torchattack("PGD"), {"eps": 0.3, "alpha": None, "steps": 20, "random_start": True}),
-    "pgd_l2": AttackSpec(_torchattack("PGDL2"), {"eps": 2.0, "alpha": None, "steps": 20, "random_start": True}),
-    "cw": AttackSpec(cw_l2, {"kappa": 5.0, "c": 1.0, "steps": 100, "lr": 0.1, "binary_steps": 5}),
-    "margin_pgd": AttackSpec(margin_pgd, {"eps": 0.3, "alpha": None, "steps": 40, "random_start": True}),
-}
 DEFAULT_PARAMS: dict[str, dict] = {name: dict(spec.defaults) for name, spec in ATTACKS.items()}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsl.adversarial.registry import register_attack
 from fsl.adversarial.success import is_adversarial, logit_gap
 
 
@@ -30,6 +31,8 @@ def _to_tanh_space(x: torch.Tensor) -> torch.Tensor:
     return torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
 
 
+@register_attack("cw", defaults={"kappa": 5.0, "c": 1.0, "steps": 100, "lr": 0.1, "binary_steps": 5}, norm="L2",
+                 doc="fsl CW-L2 with confidence kappa")
 def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kappa: float = 5.0, c: float = 1.0,
           steps: int = 100, lr: float = 0.1, binary_steps: int = 5) -> torch.Tensor:
     """Untargeted CW-L2; returns ``(B, C, H, W)`` images in ``[0, 1]``.

@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsl.adversarial.registry import register_attack, torchattacks_attack
 from fsl.adversarial.success import STOP_FACTOR, gap_tolerance, is_adversarial
 
 
@@ -85,6 +86,8 @@ def _step(x: torch.Tensor, z: torch.Tensor, grads: torch.Tensor, y: torch.Tensor
     return new, reachable, progress
 
 
+@register_attack("deepfool", defaults={"steps": 50, "overshoot": 0.02, "box": "auto"}, norm="L2",
+                 doc="fsl DeepFool, the overshoot on the total (the paper's and ART's algorithm)")
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 50,
              overshoot: float = 0.02, box: str = "auto") -> torch.Tensor:
     """L2 DeepFool on a batch; returns ``(B, C, H, W)`` images in ``[0, 1]``.
@@ -134,3 +137,10 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
             xi[idx] = new
             active = idx[reachable]  # no reachable boundary: the sample cannot move and fails
     return adv
+
+
+#: the reference: torchattacks' DeepFool (overshoot per step, clamped steps); it stalls at a float32
+#: tie on saturated pixels (MNIST), which is why ``deepfool`` is fsl's own
+deepfool_torchattacks = register_attack(
+    "deepfool_torchattacks", defaults={"steps": 50, "overshoot": 0.02}, norm="L2",
+    doc="torchattacks DeepFool (reference; stalls at float32 ties)")(torchattacks_attack("DeepFool"))

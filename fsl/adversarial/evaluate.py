@@ -7,16 +7,16 @@ same clean and adversarial samples for every attack of a suite.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fsl.adversarial.attacks import attack_context, run_attack, select_correct
-from fsl.adversarial.detection import (SCORES, KNNDetector, Mahalanobis, ambiguity_score, detection_table,
-                                       energy_score, fdbd_score, feature_space_summary, fit_fdbd, fit_mahalanobis,
-                                       margin_score, msp_score, train_margin_rule)
+from fsl.adversarial.detection import detection_table, feature_space_summary, train_margin_rule
+from fsl.adversarial.detectors import DETECTORS, Detector, FitData, build_detector
+from fsl.models.base import LinearHead
 from fsl.adversarial.success import is_adversarial, logit_gap
 
 Tensor = torch.Tensor
@@ -42,14 +42,12 @@ class DistanceFunctions:
     def from_model(cls, model: nn.Module, train_features: Tensor, **hull_kwargs) -> "DistanceFunctions":
         """``fsl.geometry.flip_margins`` with the model's head and feature domain, and
         ``fsl.geometry.hull_distances`` against ``train_features`` (imported when first called)."""
-        head = model.head
-        dom = getattr(model, "feature_domain", None)
-        lower = getattr(dom, "lower", None)
-        upper = getattr(dom, "upper", None)
+        head = LinearHead.from_model(model)
 
         def margin_fn(features: Tensor) -> Tensor:
             from fsl.geometry import flip_margins
-            return flip_margins(features, head.weight, head.bias, lower, upper).margin
+            return flip_margins(features, head.weight.to(features.device), head.bias.to(features.device),
+                                head.lower, head.upper).margin
 
         def hull_fn(features: Tensor) -> Tensor:
             from fsl.geometry import hull_distances
@@ -60,72 +58,89 @@ class DistanceFunctions:
 
 @dataclass
 class Detectors:
-    """Every detector of the suite, fitted once on the clean training features.
+    """Every registered detector (:data:`fsl.adversarial.detectors.DETECTORS`), fitted once on the
+    clean training features, plus the two feature-space distances they may use.
 
     Attributes:
-        geometry: margin ``d_min`` and hull distance ``d_h`` functions (ours: ``margin``, ``hull`` and
-            ``ambiguity`` scores).
-        mahalanobis: class Gaussians with a tied covariance (Lee et al., arXiv 1807.03888).
-        knn: k-th nearest normalised training feature (Sun et al., arXiv 2204.06507).
-        train_mean: ``(f,)`` mean training feature for fDBD (Liu & Qin, arXiv 2312.11536).
-        weight, bias: the model's linear head.
+        geometry: margin ``d_min`` and hull distance ``d_h`` functions.
+        fitted: ``{name: Detector}`` in registration order.
         train_margins: ``(N,)`` margins of the clean training features (the paper's rule).
     """
 
     geometry: DistanceFunctions
-    mahalanobis: Mahalanobis
-    knn: KNNDetector
-    train_mean: Tensor
-    weight: Tensor
-    bias: Tensor
+    fitted: dict[str, Detector]
     train_margins: Tensor
 
     @classmethod
     def fit(cls, model: nn.Module, train_features: Tensor, train_labels: Tensor,
             geometry: DistanceFunctions | None = None, train_margins: Tensor | None = None,
-            mahalanobis: Mahalanobis | None = None, knn_k: int = 50) -> "Detectors":
-        """Fit on ``train_features`` ``(N, f)`` / ``train_labels`` ``(N,)``; ``geometry`` defaults to
-        :meth:`DistanceFunctions.from_model`, ``train_margins`` to ``geometry.margin_fn(train_features)``."""
+            params: Mapping[str, Mapping] | None = None, knn_k: int | None = None,
+            names: Sequence[str] | None = None) -> "Detectors":
+        """Fit on ``train_features`` ``(N, f)`` / ``train_labels`` ``(N,)``.
+
+        ``geometry`` defaults to :meth:`DistanceFunctions.from_model`, ``train_margins`` to
+        ``geometry.margin_fn(train_features)``; ``params``: ``{detector: {param: value}}`` over the
+        registered defaults (``knn_k`` is short for ``params={"knn": {"k": knn_k}}``); ``names``: the
+        detectors to fit (default: every registered one)."""
         feats = torch.as_tensor(train_features)
         geometry = geometry or DistanceFunctions.from_model(model, feats)
         if train_margins is None:
             train_margins = geometry.margin_fn(feats)
-        if mahalanobis is None:
-            mahalanobis = fit_mahalanobis(feats, train_labels, num_classes=model.head.out_features)
-        return cls(geometry=geometry, mahalanobis=mahalanobis, knn=KNNDetector(feats, k=knn_k),
-                   train_mean=fit_fdbd(feats), weight=model.head.weight.detach().double().cpu(),
-                   bias=model.head.bias.detach().double().cpu(), train_margins=_cpu64(train_margins))
+        params = {k: dict(v or {}) for k, v in (params or {}).items()}
+        if knn_k is not None:
+            params.setdefault("knn", {})["k"] = int(knn_k)
+        unknown = sorted(set(params) - set(DETECTORS))
+        if unknown:
+            raise ValueError(f"detector parameters for unknown detectors {unknown}; registered: {', '.join(DETECTORS)}")
+        head = LinearHead.from_model(model)
+        data = FitData(train_features=_cpu64(feats), train_labels=torch.as_tensor(train_labels).cpu().long(),
+                       weight=head.weight.double(), bias=head.bias.double(), num_classes=int(head.weight.shape[0]))
+        chosen = list(names) if names is not None else list(DETECTORS)
+        fitted = {name: build_detector(name, **params.get(name, {})).fit(data) for name in chosen}
+        return cls(geometry=geometry, fitted=fitted, train_margins=_cpu64(train_margins))
+
+    def __getitem__(self, name: str) -> Detector:
+        return self.fitted[name]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.fitted)
 
     def per_sample(self, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
-        """``{margin, hull, ambiguity, msp, energy, mahalanobis, knn, fdbd}`` of ``(B, f)`` features and
-        their ``(B, n)`` logits, CPU float64. ``msp`` is the probability itself, ``ambiguity``
-        ``d_min - d_h``; the other four baselines are already scores (higher = adversarial).
-        Non-finite features or logits raise ``ValueError`` (the baselines refuse them)."""
-        f64 = _cpu64(features)
+        """``{margin, hull, <every detector's value>}`` of ``(B, f)`` features and their ``(B, n)``
+        logits, CPU float64 (``msp`` is the probability itself, ``ambiguity`` ``d_min - d_h``; see
+        each detector's ``value``). Non-finite features or logits raise ``ValueError``."""
         m, h = _cpu64(self.geometry.margin_fn(features)), _cpu64(self.geometry.hull_fn(features))
-        return {"margin": m, "hull": h, "ambiguity": m - h, "msp": _cpu64(-msp_score(logits)),
-                "energy": energy_score(_cpu64(logits)), "mahalanobis": _cpu64(self.mahalanobis.to("cpu").score(f64)),
-                "knn": _cpu64(self.knn.score(f64)), "fdbd": fdbd_score(f64, self.weight, self.bias, self.train_mean)}
+        f64, z64 = _cpu64(features), _cpu64(logits)
+        out = {"margin": m, "hull": h}
+        for name, det in self.fitted.items():
+            out[name] = _cpu64(det.value(f64, z64, m, h))
+        return out
+
+    def scores(self, ps: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
+        """The detection scores (higher = adversarial) of the ``kind`` = ``clean`` / ``adv`` columns of
+        ``evaluate_attack``'s per-sample dict, one per fitted detector."""
+        return detector_scores(ps, kind, self.names)
 
 
-def detector_scores(ps: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
+def detector_scores(ps: dict[str, Tensor], kind: str, names: Sequence[str] | None = None) -> dict[str, Tensor]:
     """The detection scores (higher = adversarial) of the ``kind`` = ``clean`` / ``adv`` columns of
-    ``evaluate_attack``'s per-sample dict, one per name of ``SCORES``."""
-    g = lambda k: ps[f"{kind}_{k}"]  # noqa: E731
-    out = {"margin": margin_score(g("margin")), "ambiguity": ambiguity_score(g("margin"), g("hull")),
-           "msp": -g("msp"), "energy": g("energy"), "mahalanobis": g("mahalanobis"), "knn": g("knn"),
-           "fdbd": g("fdbd")}
-    assert tuple(out) == SCORES
-    return out
+    ``evaluate_attack``'s per-sample dict, one per detector of ``names`` (default: those with a
+    column), through each registered detector's ``score`` (a function of the value alone)."""
+    if names is None:
+        names = [n for n, spec in DETECTORS.items() if all(f"{kind}_{c}" in ps for c in spec.cls.needs or (n,))]
+    cols = {k[len(kind) + 1:]: v for k, v in ps.items() if k.startswith(f"{kind}_")}
+    return {n: build_detector(n).score(cols) for n in names}
 
 
-#: dtypes of evaluate_attack's per-sample columns (collectives need one dtype per key on every rank)
-PER_SAMPLE_DTYPES: dict[str, torch.dtype] = {
-    "index": torch.long, "label": torch.long, "adv_pred": torch.long, "success": torch.bool,
-    "nonfinite": torch.bool, "gap": torch.float64, "l2": torch.float64, "linf": torch.float64,
-    **{f"{kind}_{k}": torch.float64 for kind in ("clean", "adv")
-       for k in ("margin", "hull", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")},
-}
+def per_sample_dtypes(names: Sequence[str] | None = None) -> dict[str, torch.dtype]:
+    """dtypes of evaluate_attack's per-sample columns for the detectors ``names`` (default: every
+    registered one); collectives need one dtype per key on every rank."""
+    names = list(DETECTORS) if names is None else list(names)
+    cols = ["margin", "hull", *[n for n in names if n not in ("margin", "hull")]]
+    return {"index": torch.long, "label": torch.long, "adv_pred": torch.long, "success": torch.bool,
+            "nonfinite": torch.bool, "gap": torch.float64, "l2": torch.float64, "linf": torch.float64,
+            **{f"{kind}_{k}": torch.float64 for kind in ("clean", "adv") for k in cols}}
 
 
 class AttackEvaluation(NamedTuple):
@@ -181,7 +196,7 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
 
     * ``metrics``: Python floats, keys without prefix (see :func:`summarize_attack`), plus
       ``seconds`` (wall time of the attack itself).
-    * ``per_sample``: CPU tensors of length ``A`` with the keys of :data:`PER_SAMPLE_DTYPES`:
+    * ``per_sample``: CPU tensors of length ``A`` with the keys of :func:`per_sample_dtypes`:
       ``index`` (into ``images``), ``label``, ``success``, ``adv_pred``, ``gap`` (logit gap on the
       adversarial image), ``l2``, ``linf``, ``nonfinite`` and, for ``clean``/``adv``, every column of
       :meth:`Detectors.per_sample`.
@@ -232,7 +247,7 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     :func:`fsl.adversarial.detection.feature_space_summary`, ``n_nonfinite``, ``gap/median`` (logit
     gap of the successful examples), the :func:`fsl.adversarial.detection.detection_table` keys
     (``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``tpr5``, ``threshold``, and with ``n_boot > 0``
-    their ``*_lo``/``*_hi`` bootstrap bounds) for every detector of ``SCORES``,
+    their ``*_lo``/``*_hi`` bootstrap bounds) for every detector with a per-sample column,
     ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/clean``, ``n_nan/adv`` (samples dropped
     from every detector because one of their scores is NaN).
     """
@@ -250,7 +265,7 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     ok_adv = torch.stack([~torch.isnan(v) for v in scores_adv.values()]).all(dim=0) & s
     metrics["n_nan/clean"] = float((~ok_clean).sum())
     metrics["n_nan/adv"] = float((s & ~ok_adv).sum())
-    table_in = {name: (scores_clean[name][ok_clean], scores_adv[name][ok_adv]) for name in SCORES}
+    table_in = {name: (scores_clean[name][ok_clean], scores_adv[name][ok_adv]) for name in scores_clean}
     flat, roc = detection_table(table_in, fpr=fpr, n_boot=n_boot, seed=seed)
     metrics.update(flat)
     rule = train_margin_rule(m_adv[s], torch.as_tensor(train_margins).cpu(), m_clean)

@@ -29,6 +29,30 @@ class FeatureDomain:
         return ok
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """A model's linear head and feature domain as plain tensors: ``logits = features @ weight.T + bias``
+    on features in ``lower <= y <= upper``. ``weight`` (n, f), ``bias`` (n,), detached, on the CPU.
+
+    One value instead of unpacking ``model.head.weight``, ``.bias`` and ``model.feature_domain``
+    wherever the geometry is called: ``LinearHead.from_model(net)``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    lower: float | None = None
+    upper: float | None = None
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "LinearHead":
+        dom = getattr(model, "feature_domain", None) or FeatureDomain()
+        return cls(model.head.weight.detach().cpu(), model.head.bias.detach().cpu(), dom.lower, dom.upper)
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        return self.lower, self.upper
+
+
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` on inputs in [0, 1]; lives inside the model for torchattacks."""
 
@@ -57,6 +81,14 @@ class FeatureClassifier(nn.Module):
     head: nn.Linear
     feature_domain: FeatureDomain
     input_shape: tuple[int, int, int]
+    #: capability: features (and logits) come from a stack of invertible ``SELU(W h + b)`` layers,
+    #: listed by :meth:`selu_stack` (the layer-wise SELU inversion of seed 001 needs it)
+    invertible_selu: bool = False
+
+    def selu_stack(self, start: str = "features") -> list[tuple[str, nn.Linear, bool]]:
+        """``[(name, linear, followed_by_selu)]`` from the input side up to ``start`` ("features" or
+        "logits"); only for models with ``invertible_selu``."""
+        raise TypeError(f"{type(self).__name__} has no invertible SELU stack (invertible_selu is False)")
 
     @property
     def feature_dim(self) -> int:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.models.base import SELU_LOWER, FeatureClassifier, FeatureDomain, Normalize
+from fsl.models.registry import register_model
 
 
 def _lecun_normal_(layer: nn.Linear) -> None:
@@ -16,6 +17,7 @@ def _lecun_normal_(layer: nn.Linear) -> None:
     nn.init.zeros_(layer.bias)
 
 
+@register_model("fcnn1")
 class FCNN1(FeatureClassifier):
     """One linear layer ``784 -> 10``; the features are the normalised, flattened pixels.
 
@@ -44,7 +46,17 @@ class FCNN1(FeatureClassifier):
         logits = self.head(features)
         return F.selu(logits) if self.selu_output else logits
 
+    @property
+    def invertible_selu(self) -> bool:
+        return self.selu_output
 
+    def selu_stack(self, start: str = "logits") -> list[tuple[str, nn.Linear, bool]]:
+        if not self.selu_output:
+            raise ValueError("FCNN1 is invertible through SELU only with selu_output=True")
+        return [("head", self.head, True)]
+
+
+@register_model("selu_mlp")
 class SeluMLP(FeatureClassifier):
     """Five-layer SELU FCNN ``784-256-256-128-32-10``; features = the 32-d layer after its SELU."""
 
@@ -61,8 +73,18 @@ class SeluMLP(FeatureClassifier):
             _lecun_normal_(layer)
         self.feature_domain = FeatureDomain(SELU_LOWER, None)
 
+    invertible_selu = True
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         h = self.normalize(x).flatten(1)
         for layer in self.layers:
             h = F.selu(layer(h))
         return h
+
+    def selu_stack(self, start: str = "features") -> list[tuple[str, nn.Linear, bool]]:
+        stack = [(f"layers.{i}", layer, True) for i, layer in enumerate(self.layers)]
+        if start == "logits":
+            return [*stack, ("head", self.head, False)]
+        if start != "features":
+            raise ValueError(f"start must be 'features' or 'logits' for {type(self).__name__}")
+        return stack

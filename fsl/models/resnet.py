@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.models.base import FeatureClassifier, FeatureDomain, Normalize
+from fsl.models.registry import register_model
 
 
 class _ShortcutA(nn.Module):
@@ -82,3 +83,9 @@ class CifarResNet(FeatureClassifier):
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.blocks(out)
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+@register_model("resnet20")
+def resnet20(**kwargs) -> CifarResNet:
+    """ResNet-20 (He et al., arXiv 1512.03385, section 4.2): 3 stages x 3 basic blocks."""
+    return CifarResNet(depth=20, **kwargs)

@@ -68,28 +68,22 @@ class SeluLayer:
 def selu_chain(model: nn.Module, start: str = "features") -> list[SeluLayer]:
     """The invertible chain of a SELU model, input side first.
 
+    The model declares the chain (``invertible_selu`` and ``selu_stack(start)``):
+
     * ``SeluMLP``: ``start="features"`` -> its hidden layers (each followed by SELU);
       ``start="logits"`` -> plus the head (linear, no activation).
-    * ``FCNN1(selu_output=True)``: the head followed by SELU (``start="logits"``/"output").
+    * ``FCNN1(selu_output=True)``: the head followed by SELU, whatever ``start`` is (its
+      features are the normalised pixels, its outputs the SELU logits).
     """
-    from fsl.models.mlp import FCNN1, SeluMLP
+    if not getattr(model, "invertible_selu", False):
+        raise TypeError(f"no SELU chain for {type(model).__name__}: it does not declare invertible_selu "
+                        f"(see fsl.models.base.FeatureClassifier.selu_stack)")
 
     def lin(name, mod, act):
         b = mod.bias.detach().double() if mod.bias is not None else torch.zeros(mod.out_features, dtype=torch.float64)
         return SeluLayer(name, mod.weight.detach().double(), b, act)
 
-    if isinstance(model, SeluMLP) or (hasattr(model, "layers") and not isinstance(model, FCNN1)):
-        chain = [lin(f"layers.{i}", layer, True) for i, layer in enumerate(model.layers)]
-        if start == "logits":
-            chain.append(lin("head", model.head, False))
-        elif start != "features":
-            raise ValueError(f"start must be 'features' or 'logits' for {type(model).__name__}")
-        return chain
-    if isinstance(model, FCNN1):
-        if not model.selu_output:
-            raise ValueError("FCNN1 is invertible through SELU only with selu_output=True")
-        return [lin("head", model.head, True)]
-    raise TypeError(f"no SELU chain for {type(model).__name__}")
+    return [lin(name, mod, act) for name, mod, act in model.selu_stack(start)]
 
 
 def _pinv(W: torch.Tensor, rtol: float | None) -> torch.Tensor:
@@ -165,9 +159,7 @@ def selu_invert(model: nn.Module, outputs: torch.Tensor, x_true: torch.Tensor | 
     flagged (see :func:`selu_inverse`), NaN/inf raise ValueError (a network never outputs them).
     ``x_true``: finite images in [0, 1], one per output. ``B = 0`` gives empty results.
     """
-    from fsl.models.mlp import FCNN1
-
-    chain = selu_chain(model, "logits" if isinstance(model, FCNN1) else start)
+    chain = selu_chain(model, start)
     m_out = chain[-1].weight.shape[0]
     outputs = check_values("selu_invert outputs", outputs, 2, width=m_out, what=f"(B, {m_out})")
     dev = outputs.device

@@ -1,0 +1,18 @@
+"""Adversarial-example detectors, one file each, registered with ``@register_detector``.
+
+Import order is the registration order, which is the order of the report's columns.
+"""
+from fsl.adversarial.detectors.registry import (DETECTORS, Detector, DetectorSpec, FitData, build_detector,
+                                                detector_names, register_detector)
+from fsl.adversarial.detectors.margin import MarginDetector, margin_score
+from fsl.adversarial.detectors.ambiguity import AmbiguityDetector, ambiguity_score
+from fsl.adversarial.detectors.msp import MSPDetector, msp_score
+from fsl.adversarial.detectors.energy import EnergyDetector, energy_score
+from fsl.adversarial.detectors.mahalanobis import Mahalanobis, MahalanobisDetector, fit_mahalanobis, mahalanobis_score
+from fsl.adversarial.detectors.knn import KNN, KNNDetector, knn_score
+from fsl.adversarial.detectors.fdbd import FDBDDetector, fdbd_score, fit_fdbd
+
+__all__ = ["DETECTORS", "Detector", "DetectorSpec", "FitData", "build_detector", "detector_names", "register_detector",
+           "MarginDetector", "margin_score", "AmbiguityDetector", "ambiguity_score", "MSPDetector", "msp_score",
+           "EnergyDetector", "energy_score", "Mahalanobis", "MahalanobisDetector", "fit_mahalanobis",
+           "mahalanobis_score", "KNN", "KNNDetector", "knn_score", "FDBDDetector", "fdbd_score", "fit_fdbd"]

@@ -1,0 +1,101 @@
+"""The detector registry: ``@register_detector(name, defaults=...)`` on a :class:`Detector` subclass.
+
+A detector is one file (see docs/extending.md): it is fitted once on the clean training features,
+records one value per sample (a per-sample column ``clean_<name>`` / ``adv_<name>`` of
+:func:`fsl.adversarial.evaluate_attack`) and turns it into a score, **higher = more likely
+adversarial**. Every registered detector is scored for every attack (AUROC, AUPR, FPR@95%TPR,
+TPR@5%FPR with bootstrap intervals: ``adv/<attack>/<metric>/<detector>``) and gets a column in
+the report's tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class FitData:
+    """What a detector is fitted on.
+
+    Attributes:
+        train_features: ``(N, f)`` clean training features, float64 on the CPU.
+        train_labels: ``(N,)`` long.
+        weight, bias: the linear head, ``(n, f)`` and ``(n,)`` float64 on the CPU.
+        num_classes: ``n``.
+    """
+
+    train_features: Tensor
+    train_labels: Tensor
+    weight: Tensor
+    bias: Tensor
+    num_classes: int
+
+
+class Detector:
+    """Base class. Subclasses set their parameters in ``__init__(**params)`` (the registered
+    ``defaults`` overridden by ``analysis.adversarial.detectors.<name>``), may override :meth:`fit`
+    and :meth:`score`, and define :meth:`value`."""
+
+    name: ClassVar[str] = ""
+    #: True when a *small* value is suspicious (a margin, a probability): ``score = -value``
+    negate: ClassVar[bool] = False
+    #: the per-sample columns :meth:`score` reads (empty: its own value, ``name``)
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def fit(self, data: FitData) -> "Detector":
+        return self
+
+    def value(self, features: Tensor, logits: Tensor, margin: Tensor, hull: Tensor) -> Tensor:
+        """``(B,)`` float64 per-sample value of ``features`` ``(B, f)``, ``logits`` ``(B, n)``, margins
+        ``d_min`` ``(B,)`` and hull distances ``d_h`` ``(B,)`` (CPU float64)."""
+        raise NotImplementedError
+
+    def score(self, columns: Mapping[str, Tensor]) -> Tensor:
+        """``(B,)`` detection score, higher = adversarial, from one kind's per-sample columns
+        (``margin``, ``hull`` and every detector's value under its name); by default this detector's
+        own value, negated when ``negate``. A function of the columns alone (no fitted state)."""
+        value = columns[self.name]
+        return -value if self.negate else value
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    cls: type
+    defaults: dict
+
+
+DETECTORS: dict[str, DetectorSpec] = {}
+
+
+def register_detector(name: str, defaults: dict | None = None):
+    """Class decorator registering a :class:`Detector` subclass as ``name`` with constructor ``defaults``."""
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Detector)):
+            raise TypeError(f"register_detector({name!r}): {cls!r} is not a fsl.adversarial.detectors.Detector subclass")
+        if name in DETECTORS and DETECTORS[name].cls is not cls:
+            raise ValueError(f"detector {name!r} is registered twice ({DETECTORS[name].cls} and {cls}); pick another name")
+        cls.name = name
+        DETECTORS[name] = DetectorSpec(cls, dict(defaults or {}))
+        return cls
+
+    return deco
+
+
+def detector_names() -> tuple[str, ...]:
+    """Every registered detector, in registration order."""
+    return tuple(DETECTORS)
+
+
+def build_detector(name: str, **params) -> Detector:
+    """An unfitted detector ``name`` with its defaults overridden by ``params`` (unknown keys raise)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
+    spec = DETECTORS[name]
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise ValueError(f"detector {name!r}: unknown parameters {sorted(unknown)}; valid: {sorted(spec.defaults)}")
+    return spec.cls(**{**spec.defaults, **params})
