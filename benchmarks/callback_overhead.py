@@ -5,7 +5,8 @@
 
 Runs ``epochs`` epochs with ``callbacks=analysis`` (the defaults of the experiment) and reads the
 times the run logged: ``time/train_epoch_s`` + ``time/val_epoch_s`` (the epoch without analysis)
-and ``analysis/seconds``, ``adv/seconds`` and the signal-space time (the analysis). The analyses
+and every analysis' own time (``analysis/seconds``, ``adv/seconds``, ``spaces/seconds``, ...: the
+``seconds_key`` of each analysis the run has, so a new analysis is counted without editing this). The analyses
 run every ``every_n_epochs`` epochs, so their cost is amortised over that many epochs. With
 ``--limit-train`` the training part is measured on a subset and scaled to the full training set
 (printed as "extrapolated").
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fsl.analysis import build_analyses  # noqa: E402
 from fsl.config import compose_config  # noqa: E402
 from fsl.tracking import find_offline_runs, read_offline_run  # noqa: E402
 from fsl.training import train  # noqa: E402
@@ -33,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = compose_config("train", [*args.overrides, "callbacks=analysis"])
-        every = max(int(base.callbacks.feature_geometry.every_n_epochs), int(base.callbacks.adversarial.every_n_epochs))
+        every = max([int(o.get("every_n_epochs") or 0) for o in base.analysis.values()] or [1]) or 1
+        analyses = build_analyses(base.analysis, shared={"pixels": base.get("pixels")})
         epochs = args.epochs or every
         extra = [f"paths.output_dir={tmp}/out", f"paths.wandb_dir={tmp}", "trainer.enable_progress_bar=false",
                  f"trainer.max_epochs={epochs}", "test_after_fit=false"]
@@ -54,11 +57,11 @@ def main() -> None:
     train_s = sum(run.series("time/train_epoch_s"))
     scale = (n_full / args.limit_train) if n_full else 1.0
     epoch_s = train_s * scale + sum(run.series("time/val_epoch_s"))
-    analysis_s = sum(run.series("analysis/seconds")) + sum(run.series("adv/seconds")) + sum(run.series("spaces/seconds"))
+    per = {a.name: run.series(a.seconds_key) for a in analyses}
+    analysis_s = sum(sum(v) for v in per.values())
     print(f"experiment: {cfg.data.name} / {cfg.model.name}, {epochs} epochs, wall {wall:.1f} s")
     print(f"epochs without analysis: {epoch_s:.1f} s{' (training part extrapolated x%.2f)' % scale if n_full else ''}")
-    print(f"feature geometry: {sum(run.series('analysis/seconds')):.2f} s in {len(run.series('analysis/seconds'))} runs; "
-          f"adversarial: {sum(run.series('adv/seconds')):.2f} s in {len(run.series('adv/seconds'))} runs")
+    print("; ".join(f"{name}: {sum(v):.2f} s in {len(v)} runs" for name, v in per.items()))
     print(f"overhead: {100 * analysis_s / epoch_s:.1f}% of epoch wall time (target < 15%)")
 
 

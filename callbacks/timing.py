@@ -5,7 +5,13 @@ import time
 
 import pytorch_lightning as pl
 
-from callbacks.common import log_scalars
+
+
+def log_scalars(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """To every logger, from rank zero only."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
 class EpochTimer(pl.Callback):

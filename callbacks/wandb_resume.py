@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
-CHECKPOINT_KEY = "fsl_wandb_run_id"
+from fsl.training.checkpoint import CHECKPOINT_KEY
 
 
 class RememberWandbRun(pl.Callback):

@@ -48,7 +48,6 @@ def _check_names(problems: list, key: str, names, valid) -> None:
 def validate_train_config(cfg) -> None:
     """Check the sizes, schedules and names of a composed ``train`` config (ConfigError listing
     every problem)."""
-    from fsl.adversarial.suites import load_suite, suite_for_data
     from fsl.data.sources import LOADERS
     from fsl.models import MODELS
 
@@ -66,52 +65,64 @@ def validate_train_config(cfg) -> None:
         v = str(_get(cfg, key) or "").lower()
         if v not in valid:
             p.append(f"{key}: unknown name {v!r}" + closest(v, valid))
-    for a in ("geometry", "adversarial", "spaces"):
-        if _get(cfg, f"analysis.{a}") is not None:
-            _positive(p, cfg, f"analysis.{a}.every_n_epochs")
-    for key in ("analysis.geometry.n_train", "analysis.geometry.n_eval", "analysis.adversarial.n_samples",
-                "analysis.adversarial.n_train", "analysis.adversarial.knn_k"):
-        if _get(cfg, key.rsplit(".", 1)[0]) is not None:
-            _positive(p, cfg, key)
-    if _get(cfg, "analysis.adversarial") is not None:
-        _positive(p, cfg, "analysis.adversarial.n_boot", minimum=0)
-        only = _get(cfg, "analysis.adversarial.only")
-        if only and _get(cfg, "data.name") in LOADERS:
-            from fsl.config import to_plain
-
-            attacks = _get(cfg, "attacks")
-            try:
-                suite = to_plain(attacks) if attacks else load_suite(suite_for_data(_get(cfg, "data.name")))
-            except ValueError as exc:
-                p.append(f"attacks: {exc}")
-            else:
-                _check_names(p, "analysis.adversarial.only", list(only), suite)
+    _analysis_problems(p, cfg, _get(cfg, "data.name") if _get(cfg, "data.name") in LOADERS else None)
     _raise(p, "train")
 
 
 def validate_analyze_config(cfg) -> None:
     """Check the sizes and names of a composed ``analyze`` config (ConfigError listing every problem)."""
-    from fsl.adversarial.attacks import ATTACKS
-
     p: list[str] = []
     if not _get(cfg, "ckpt_path"):
         p.append("ckpt_path is not set: pass ckpt_path=outputs/train/<run>/checkpoints/last.ckpt")
     _positive(p, cfg, "batch_size")
     for key in ("n_train", "n_eval"):
         _positive(p, cfg, key, allow_none=True)
-    if _get(cfg, "adversarial.enabled"):
-        _positive(p, cfg, "adversarial.n_samples")
-        _positive(p, cfg, "adversarial.batch_size")
-        _positive(p, cfg, "adversarial.knn_k")
-        _positive(p, cfg, "adversarial.n_boot", minimum=0)
-        suite = _get(cfg, "adversarial.suite")
-        from fsl.config import CONFIG_DIR
-
-        suites = [f.stem for f in (CONFIG_DIR / "attacks").glob("*.yaml") if f.stem != "auto"] + ["auto"]
-        if suite and suite not in suites:
-            p.append(f"adversarial.suite: unknown suite {suite!r}" + closest(suite, suites))
-        for name, spec in (_get(cfg, "adversarial.attacks") or {}).items():
-            attack = (spec or {}).get("attack", name)
-            if attack not in ATTACKS:
-                p.append(f"adversarial.attacks.{name}: unknown attack {attack!r}" + closest(attack, ATTACKS))
+    _analysis_problems(p, cfg, None)
     _raise(p, "analyze")
+
+
+_SIZES = ("n_train", "n_eval", "n_samples", "n_queries", "n_figure", "n_measure", "n_signal", "n_ideal")
+
+
+def _analysis_problems(p: list, cfg, data_name: str | None) -> None:
+    """The ``analysis:`` node: registered names, schedules, sizes, and the attacks of the suite."""
+    from fsl.adversarial.attacks import ATTACKS
+    from fsl.analysis.base import ANALYSES, _load_builtin
+    from fsl.config import to_plain
+
+    _load_builtin()
+    for name, opts in (to_plain(_get(cfg, "analysis") or {})).items():
+        key = f"analysis.{name}"
+        if name not in ANALYSES:
+            p.append(f"{key}: unknown analysis {name!r}" + closest(name, ANALYSES))
+            continue
+        if not (opts or {}).get("enabled", True):
+            continue
+        _positive(p, cfg, f"{key}.every_n_epochs", minimum=0)
+        for k in _SIZES:
+            if k in opts:
+                _positive(p, cfg, f"{key}.{k}", allow_none=True)
+        for k, minimum in (("batch_size", 1), ("knn_k", 1), ("n_boot", 0)):
+            if k in opts:
+                _positive(p, cfg, f"{key}.{k}", minimum=minimum)
+        if name != "adversarial":
+            continue
+        attacks = opts.get("attacks")
+        for a, spec in (attacks or {}).items():
+            attack = (spec or {}).get("attack", a)
+            if attack not in ATTACKS:
+                p.append(f"attacks.{a}: unknown attack {attack!r}" + closest(attack, ATTACKS))
+        only = opts.get("only")
+        if only and (attacks or data_name):
+            from fsl.adversarial.suites import load_suite, suite_for_data
+
+            try:
+                suite = attacks if attacks else load_suite(suite_for_data(data_name))
+            except ValueError as exc:
+                p.append(f"attacks: {exc}")
+            else:
+                _check_names(p, f"{key}.only", list(only), suite)
+    if _get(cfg, "pixels") is not None:
+        _positive(p, cfg, "pixels.batch_size")
+        for k in ("n_figure", "n_measure"):
+            _positive(p, cfg, f"pixels.{k}")

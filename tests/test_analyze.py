@@ -16,12 +16,17 @@ def checkpoint(tmp_path_factory):
     return tmp, result.best_checkpoint
 
 
+# every analysis but the feature-space geometry switched off
+GEOMETRY_ONLY = [f"analysis.{a}.enabled=false" for a in ("pixel_hull", "adversarial", "spaces", "inversion", "morph",
+                                                          "preimage", "signal", "selu", "ideal")]
+
+
 def analyze_cfg(tmp, ckpt, out, extra=()):
     return compose_config("analyze", [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp}",
-                                      "n_train=256", "n_eval=96", "pixel_hull.n_queries=24",
-                                      "adversarial.n_samples=48", "device=cpu", "pixels.n_measure=6",
-                                      "pixels.n_figure=2", "pixels.batch_size=6", "pixels.n_signal=200",
-                                      "pixels.n_ideal=200", "pixels.ideal_steps=10", *extra])
+                                      "n_train=256", "n_eval=96", "analysis.pixel_hull.n_queries=24",
+                                      "analysis.adversarial.n_samples=48", "device=cpu", "pixels.n_measure=6",
+                                      "pixels.n_figure=2", "pixels.batch_size=6", "analysis.signal.n_signal=200",
+                                      "analysis.ideal.n_ideal=200", "analysis.ideal.ideal_steps=10", *extra])
 
 
 def test_analyze_writes_every_file(checkpoint, tmp_path):
@@ -56,8 +61,7 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
     run = read_offline_run(find_offline_runs(tmp_path)[0])
     assert run.summary["analysis/margin/median"] == pytest.approx(metrics["analysis/margin/median"])
     # re-running into the same folder replaces the files whole
-    analyze(analyze_cfg(tmp_path, ckpt, out, ["adversarial.enabled=false", "pixel_hull.enabled=false",
-                                              "pixels.run=false"]))
+    analyze(analyze_cfg(tmp_path, ckpt, out, GEOMETRY_ONLY))
     assert json.loads((out / "metrics.json").read_text())["analysis/margin/median"] == pytest.approx(
         metrics["analysis/margin/median"])
     assert not list(out.rglob("*.part*"))
@@ -90,15 +94,15 @@ def test_analysis_killed_midway_leaves_the_previous_results_whole(checkpoint, tm
 
     tmp, ckpt = checkpoint
     out = tmp_path / "res"
-    quick = ["adversarial.enabled=false", "pixel_hull.enabled=false", "pixels.run=false"]
+    quick = GEOMETRY_ONLY
     analyze(analyze_cfg(tmp_path, ckpt, out, quick))
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert Path("metrics.json") in before and Path("report.md") in before
     root = Path(__file__).resolve().parent.parent
     args = [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp_path}", "n_train=256", "n_eval=96",
-            "device=cpu", "adversarial.enabled=false", "pixel_hull.enabled=false", "pixels.run=true",
-            "pixels.n_measure=6", "pixels.n_figure=2", "pixels.batch_size=6", "pixels.n_signal=200",
-            "pixels.n_ideal=200", "pixels.ideal_steps=10"]
+            "device=cpu", "analysis.adversarial.enabled=false", "analysis.pixel_hull.enabled=false",
+            "pixels.n_measure=6", "pixels.n_figure=2", "pixels.batch_size=6", "analysis.signal.n_signal=200",
+            "analysis.ideal.n_ideal=200", "analysis.ideal.ideal_steps=10"]
     proc = subprocess.Popen([sys.executable, str(root / "analyze.py"), *args], cwd=tmp_path,
                             env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(root)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,11 +10,10 @@ from tests.helpers import synthetic_config
 
 CALLBACK_OVERRIDES = [
     "callbacks=analysis",
-    "callbacks.feature_geometry.every_n_epochs=1", "callbacks.feature_geometry.n_train=300",
-    "callbacks.feature_geometry.n_eval=120",
-    "callbacks.adversarial.every_n_epochs=2", "callbacks.adversarial.n_samples=60",
-    "callbacks.adversarial.n_train=300",
-    "callbacks.adversarial.only=null",  # the whole suite (the experiments run a cheap subset per epoch)
+    "analysis.geometry.every_n_epochs=1", "analysis.geometry.n_train=300",
+    "analysis.geometry.n_eval=120",
+    "analysis.adversarial.every_n_epochs=2", "analysis.adversarial.n_samples=60",
+    "analysis.adversarial.only=null",  # the whole suite (the experiments run a cheap subset per epoch)
 ]
 
 
@@ -91,15 +90,15 @@ def test_logged_values_equal_direct_geometry_calls(fitted):
 
 def test_per_epoch_subset_of_the_suite(tmp_path):
     """``only`` runs the named attacks of the suite; a name outside it is refused with the valid ones."""
-    cfg = synthetic_config(tmp_path, epochs=1, extra=[*CALLBACK_OVERRIDES[:-1], "callbacks.adversarial.n_samples=16",
-                                                      "callbacks.adversarial.every_n_epochs=1",
-                                                      "callbacks.adversarial.only=[deepfool,pgd_03]"])
+    cfg = synthetic_config(tmp_path, epochs=1, extra=[*CALLBACK_OVERRIDES[:-1], "analysis.adversarial.n_samples=16",
+                                                      "analysis.adversarial.every_n_epochs=1",
+                                                      "analysis.adversarial.only=[deepfool,pgd_03]"])
     train(cfg)
     run = read_offline_run(find_offline_runs(tmp_path)[0])
     logged = {k.split("/")[1] for k in run.keys if k.startswith("adv/") and k.endswith("/success_rate")}
     assert logged == {"deepfool", "pgd_03"}
     bad = synthetic_config(tmp_path / "bad", epochs=1, extra=[*CALLBACK_OVERRIDES[:-1], "logger=none",
-                                                              "callbacks.adversarial.every_n_epochs=1",
-                                                              "callbacks.adversarial.only=[pgd_8_255]"])
-    with pytest.raises(ValueError, match=r"only=\['pgd_8_255'\] are not in the attack suite"):
+                                                              "analysis.adversarial.every_n_epochs=1",
+                                                              "analysis.adversarial.only=[pgd_8_255]"])
+    with pytest.raises(ValueError, match=r"analysis.adversarial.only: unknown name 'pgd_8_255'"):
         train(bad)

@@ -80,11 +80,13 @@ def test_validation_lists_every_problem(tmp_path):
     validate_train_config(compose_config("train"))  # the default is valid
     for exp in ("fcnn1_mnist5k", "resnet20_cifar10", "resnet20_fashion_mnist", "selu_mlp_mnist"):
         validate_train_config(compose_config("train", [f"experiment={exp}"]))
-    acfg = compose_config("analyze", ["ckpt_path=x.ckpt", "batch_size=0", "adversarial.suite=mnst",
-                                      "+adversarial.attacks={a: {attack: deepfol}}"])
-    with pytest.raises(ConfigError, match=r"3 problem\(s\).*batch_size=0.*did you mean 'mnist'\?.*did you mean "
+    acfg = compose_config("analyze", ["ckpt_path=x.ckpt", "batch_size=0", "analysis.adversarial.n_boot=-1",
+                                      "+attacks.a={attack: deepfol}"])
+    with pytest.raises(ConfigError, match=r"3 problem\(s\).*batch_size=0.*n_boot=-1.*did you mean "
                                           r"'deepfool'\?"):
         validate_analyze_config(acfg)
+    with pytest.raises(ConfigError, match=r"did you mean attacks=mnist\?"):
+        check_overrides("analyze", ["ckpt_path=x.ckpt", "attacks=mnst"])
 
 
 def test_checkpoint_errors_say_what_the_file_is(tmp_path):

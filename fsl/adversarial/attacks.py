@@ -7,14 +7,14 @@ normalise inside, which is what torchattacks expects.
 name                        implementation                                               norm
 ==========================  ===========================================================  ======
 ``deepfool``                fsl, the paper's overshoot on the total (ART's algorithm)     L2
-                            (:mod:`fsl.adversarial.deepfool`)
+                            (:mod:`fsl.adversarial.methods.deepfool`)
 ``deepfool_torchattacks``   torchattacks' DeepFool: overshoot per step, clamped steps;   L2
                             **stalls** at a float32 tie on saturated pixels (MNIST)
 ``pgd``                     torchattacks ``PGD`` (Madry et al., arXiv 1706.06083)        L-inf
 ``pgd_l2``                  torchattacks ``PGDL2``                                       L2
-``cw``                      fsl CW-L2 with confidence ``kappa`` (:mod:`fsl.adversarial.cw`) L2
+``cw``                      fsl CW-L2 with confidence ``kappa`` (:mod:`fsl.adversarial.methods.cw`) L2
 ``margin_pgd``              fsl adaptive PGD against the margin detector                 L-inf
-                            (:mod:`fsl.adversarial.adaptive`)
+                            (:mod:`fsl.adversarial.methods.adaptive`)
 ==========================  ===========================================================  ======
 
 Success is decided by one rule on the returned image: misclassified with a logit gap above float
@@ -49,7 +49,7 @@ from torch import nn
 
 from fsl.adversarial._checks import check_labels, check_model_images, check_values
 # importing an attack's module registers it (one file per attack; order = the table above)
-from fsl.adversarial import deepfool as _deepfool, pgd as _pgd, cw as _cw, adaptive as _adaptive  # noqa: F401
+import fsl.adversarial.methods  # noqa: F401  (registers the attacks)
 from fsl.adversarial.registry import ATTACKS, AttackSpec, register_attack
 from fsl.adversarial.success import gap_tolerance, is_adversarial, logit_gap
 

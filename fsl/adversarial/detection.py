@@ -1,4 +1,4 @@
-"""Adversarial detection scores and metrics (DESIGN B2-B3; seed 000 section 7 and appendix B).
+"""Adversarial detection scores and metrics (docs/adversarial.md; Yousefzadeh, arXiv 2202.04052 section 7 and appendix B).
 
 Every score follows one convention: **higher = more likely adversarial**.
 
@@ -412,7 +412,7 @@ def _mean_median(prefix: str, v: torch.Tensor | None) -> dict[str, float]:
 
 def feature_space_summary(adv_margin, adv_hull, clean_margin=None, clean_hull=None, success=None,
                           l2=None, linf=None) -> dict[str, float]:
-    """Feature-space statistics of successful adversarial examples (DESIGN B2), as Python floats.
+    """Feature-space statistics of successful adversarial examples (docs/adversarial.md), as Python floats.
 
     Args:
         adv_margin, adv_hull: ``(S,)`` margin ``d_min`` and hull distance ``d_h`` of the successful

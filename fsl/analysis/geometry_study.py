@@ -1,4 +1,4 @@
-"""DESIGN A1-A4 on a model's :class:`FeatureSet` s, in one process or under DDP (each rank solves its
+"""The feature-space geometry (docs/geometry.md) of a model's :class:`FeatureSet` s, in one process or under DDP (each rank solves its
 shard of the samples, results are gathered so every rank holds the same numbers). The math is
 :func:`fsl.geometry.geometry_study`; this module only adds the sharding."""
 from __future__ import annotations

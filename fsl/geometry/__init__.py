@@ -1,4 +1,4 @@
-"""Exact, batched, certified feature-space geometry (DESIGN A1-A4); pure torch, no Lightning.
+"""Exact, batched, certified feature-space geometry (docs/geometry.md); pure torch, no Lightning.
 
 * :func:`flip_margins` — closest points on every decision boundary of the predicted class (A1);
 * :func:`hull_distances` — projection onto the convex hull of a point set (A3);

@@ -1,4 +1,4 @@
-"""Every statistic of DESIGN A2-A4 in one call: :func:`geometry_study` and :class:`FeatureGeometry`.
+"""Every statistic of docs/geometry.md in one call: :func:`geometry_study` and :class:`FeatureGeometry`.
 
 :func:`geometry_study` is the one implementation: the callbacks and ``analyze.py`` call it through
 ``fsl.analysis.feature_geometry_study`` (which shards the samples over DDP ranks with its
@@ -63,7 +63,7 @@ def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: 
                    weight: Tensor, bias: Tensor, lower=None, upper=None, *, hull_kwargs: dict | None = None,
                    hull_projections: bool = True, device: str | torch.device = "cpu",
                    map_rows: RowMap | None = None, eval_index: Tensor | None = None) -> GeometryStudy:
-    """Everything of DESIGN A2-A4 for the evaluation features against the training features.
+    """Everything of docs/geometry.md for the evaluation features against the training features.
 
     Args:
         train_features: ``(N_tr, f)`` with ``train_labels`` ``(N_tr,)``: the hull and the train balls.
@@ -185,7 +185,7 @@ def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: 
 
 
 class FeatureGeometry:
-    """Feature-space geometry of a trained head relative to a training set (DESIGN A2-A4).
+    """Feature-space geometry of a trained head relative to a training set (docs/geometry.md).
 
     Example::
 

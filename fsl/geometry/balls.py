@@ -1,4 +1,4 @@
-"""Guaranteed balls (DESIGN A2): counts of points strictly inside, union coverage, Lipschitz.
+"""Guaranteed balls (docs/geometry.md): counts of points strictly inside, union coverage, Lipschitz.
 
 Every decision ``||a - b||^2 < rho`` is the float64 test ``sum((a - b)^2) < rho`` (the *direct*
 test; the brute-force reference).  To get there fast, all pairs first go through one matrix
@@ -317,7 +317,7 @@ def _self_index(exclude_self, centers: Tensor, points: Tensor) -> Tensor | None:
 
 
 def ambiguity(margin: Tensor, hull_distance: Tensor) -> Tensor:
-    """``d_min - d_h`` (DESIGN A4): the most negative values are the most ambiguous samples."""
+    """``d_min - d_h`` (docs/geometry.md): the most negative values are the most ambiguous samples."""
     return margin - hull_distance
 
 

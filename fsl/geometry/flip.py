@@ -1,4 +1,4 @@
-"""Exact, batched, certified flip points and margins in feature space (DESIGN A1).
+"""Exact, batched, certified flip points and margins in feature space (docs/geometry.md).
 
 For a feature ``x`` with predicted class ``i`` and each ``j != i`` we solve
 

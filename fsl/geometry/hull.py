@@ -1,4 +1,4 @@
-"""Exact, batched, certified projection onto the convex hull of a point set (DESIGN A3).
+"""Exact, batched, certified projection onto the convex hull of a point set (docs/geometry.md).
 
 For queries ``q`` and points ``D`` (N x f):
 

@@ -11,7 +11,7 @@ TIGHT = dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, tol_infeas_ab
 
 
 def flip_distance(x: np.ndarray, W: np.ndarray, b: np.ndarray, i: int, j: int, lo=None, hi=None) -> float:
-    """Distance from ``x`` (f,) to the ``i|j`` boundary inside the box (DESIGN A1); ``inf`` if infeasible."""
+    """Distance from ``x`` (f,) to the ``i|j`` boundary inside the box (docs/geometry.md); ``inf`` if infeasible."""
     import cvxpy as cp
 
     n, f = W.shape
@@ -32,7 +32,7 @@ def flip_distance(x: np.ndarray, W: np.ndarray, b: np.ndarray, i: int, j: int, l
 
 
 def hull_distance_squared(q: np.ndarray, D: np.ndarray, tol: float = 1e-12) -> float:
-    """Squared distance from ``q`` (f,) to the convex hull of the rows of ``D`` (N, f) (DESIGN A3)."""
+    """Squared distance from ``q`` (f,) to the convex hull of the rows of ``D`` (N, f) (docs/geometry.md)."""
     import cvxpy as cp
 
     a = cp.Variable(D.shape[0])

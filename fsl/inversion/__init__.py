@@ -1,11 +1,11 @@
-"""From feature space back to pixels (DESIGN C1-C3): pure torch, batched, CPU or CUDA.
+"""From feature space back to pixels (docs/inversion.md): pure torch, batched, CPU or CUDA.
 
 * :func:`invert_to_features` -- images closest to a reference that map to a feature point, into
   a ball or onto a sphere around it (``InversionResult`` with honest residuals and success flags).
 * :func:`morph`, :func:`pixel_line_feature_path`, :func:`two_point_equidistant` -- paper
   Figures 8-9 and appendix A; :func:`make_references` (black, white, sample, other).
 * :func:`jacobian_null_space`, :func:`null_space_directions`, :func:`null_step_response`,
-  :func:`level_set_walk` -- Jacobian preimages (seed 002).
+  :func:`level_set_walk` -- Jacobian preimages (Jacobian preimages of latent vectors).
 """
 from fsl.inversion._common import feature_jacobian, frozen_eval
 from fsl.inversion.core import METHODS, MODES, InversionResult, invert_to_features, relative_point_residual

@@ -1,4 +1,4 @@
-r"""Inversion from feature space to pixels (seed 000, sections 4-5; DESIGN C1).
+r"""Inversion from feature space to pixels (Yousefzadeh, arXiv 2202.04052, sections 4-5; docs/inversion.md).
 
 For every target feature ``t_b`` find the image ``x_b`` in the box ``[0, 1]^p`` closest to its
 reference ``r_b``::

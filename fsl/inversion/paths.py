@@ -1,6 +1,6 @@
 """Reference images, morphing through feature space, pixel-line paths and the two-point projection.
 
-Seed 000, section 7.1 (Figures 7-9) and appendix A.
+Yousefzadeh (arXiv 2202.04052), section 7.1 (Figures 7-9) and appendix A.
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def pixel_line_feature_path(model: nn.Module, image_a: torch.Tensor, image_b: to
 
 
 def two_point_equidistant(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Two-point equidistant projection (seed 000, appendix A) of ``points`` into the plane.
+    """Two-point equidistant projection (Yousefzadeh, arXiv 2202.04052, appendix A) of ``points`` into the plane.
 
     Anchor ``a`` goes to (0, 0) and ``b`` to (d_ab, 0); a point ``c`` goes to
     ``(c1, c2)`` with ``c1 = (d_ac^2 + d_ab^2 - d_bc^2) / (2 d_ab)`` and

@@ -1,4 +1,4 @@
-r"""Jacobian preimages (seed 002; DESIGN C3).
+r"""Jacobian null-space preimages of latent vectors (docs/inversion.md).
 
 Near ``x0`` with ``z0 = N(x0)``, ``N(x0 + D) = z0 + J D + O(||D||^2)`` with ``J = dN/dx`` (f x p).
 Directions ``D`` in the null space of ``J`` leave the output unchanged to first order, so the

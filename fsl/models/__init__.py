@@ -12,6 +12,9 @@ from fsl.models.registry import MODELS, create_model, register_model
 # importing a model's module registers it
 from fsl.models.mlp import FCNN1, SeluMLP  # noqa: E402
 from fsl.models.resnet import CifarResNet, resnet20  # noqa: E402
+from fsl.plugins import import_modules  # noqa: E402
+
+import_modules(__name__)  # a new file in fsl/models/ registers its models on import
 
 __all__ = ["create_model", "register_model", "MODELS", "FeatureClassifier", "FeatureDomain", "LinearHead",
            "Normalize", "SELU_LOWER", "FCNN1", "SeluMLP", "CifarResNet", "resnet20"]

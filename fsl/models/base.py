@@ -82,7 +82,7 @@ class FeatureClassifier(nn.Module):
     feature_domain: FeatureDomain
     input_shape: tuple[int, int, int]
     #: capability: features (and logits) come from a stack of invertible ``SELU(W h + b)`` layers,
-    #: listed by :meth:`selu_stack` (the layer-wise SELU inversion of seed 001 needs it)
+    #: listed by :meth:`selu_stack` (the layer-wise SELU inversion of Pattichis & Pattichis, SSIAI 2024 needs it)
     invertible_selu: bool = False
 
     def selu_stack(self, start: str = "features") -> list[tuple[str, nn.Linear, bool]]:

@@ -1,4 +1,4 @@
-"""Fully connected nets of seed 001: the one-layer FCNN and the five-layer SELU FCNN."""
+"""Fully connected nets of Pattichis & Pattichis, SSIAI 2024: the one-layer FCNN and the five-layer SELU FCNN."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,7 +21,7 @@ def _lecun_normal_(layer: nn.Linear) -> None:
 class FCNN1(FeatureClassifier):
     """One linear layer ``784 -> 10``; the features are the normalised, flattened pixels.
 
-    With ``selu_output=True`` the logits pass through SELU (seed 001's invertible variant);
+    With ``selu_output=True`` the logits pass through SELU (Pattichis & Pattichis, SSIAI 2024's invertible variant);
     SELU is increasing, so predictions and decision boundaries are those of ``head``.
     """
 

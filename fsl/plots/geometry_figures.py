@@ -1,4 +1,4 @@
-"""Figures of the feature-space geometry study (seed 000, section 7.2)."""
+"""Figures of the feature-space geometry study (Yousefzadeh, arXiv 2202.04052, section 7.2)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""Figures of the pixel-space studies (DESIGN C; seed 000 Figures 3, 5, 7-9, 12; seed 001 Figures
-1-3; seed 002 Figure 2). Matplotlib with the Agg backend; every function returns a Figure and
+"""Figures of the pixel-space studies (docs/inversion.md; Yousefzadeh, arXiv 2202.04052 Figures 3, 5, 7-9, 12; Pattichis & Pattichis, SSIAI 2024 Figures
+1-3; Jacobian preimages of latent vectors Figure 2). Matplotlib with the Agg backend; every function returns a Figure and
 saves a PNG when ``path`` is given. Images are (N, C, H, W) tensors or arrays with 1 or 3
 channels (values shown in [0, 1] unless ``symmetric`` asks for a signed colour map).
 """
@@ -17,8 +17,8 @@ from fsl.plots.common import _np, _save, _show, image_grid, plt  # noqa: F401  (
 def image_rows(rows: Sequence, row_labels: Sequence[str] | None = None, col_titles=None,
                symmetric_rows: Sequence[bool] | None = None, suptitle: str | None = None, path=None,
                scale: float = 1.4):
-    """Rows of images, each row (N_i, C, H, W); used for the preimage grid (seed 002 Fig. 2),
-    flip-point / hull / perimeter figures (reference, inversion, difference) and seed 001 Fig. 1."""
+    """Rows of images, each row (N_i, C, H, W); used for the preimage grid (Jacobian preimages of latent vectors Fig. 2),
+    flip-point / hull / perimeter figures (reference, inversion, difference) and Pattichis & Pattichis, SSIAI 2024 Fig. 1."""
     arrs = [_np(r) for r in rows]
     ncols = max(a.shape[0] for a in arrs)
     fig, axes = plt.subplots(len(arrs), ncols, figsize=(scale * ncols, scale * len(arrs)), squeeze=False)
@@ -107,7 +107,7 @@ def path_plot(paths: dict, a, b, path=None, labels=("a", "b"), title: str | None
 
 
 def preimage_grid(walk, sample_index: int = 0, every: int = 1, path=None, n_samples: int | None = None):
-    """Seed 002 Figure 2: one row per starting image, the level-set walk along the row.
+    """Jacobian preimages of latent vectors: Figure 2: one row per starting image, the level-set walk along the row.
 
     Args:
         walk: a LevelSetWalk (images (T + 1, B, C, H, W)).
@@ -122,7 +122,7 @@ def preimage_grid(walk, sample_index: int = 0, every: int = 1, path=None, n_samp
 
 
 def signal_figure(signal_images, class_residuals=None, path=None, max_items: int = 10):
-    """Seed 001 Figures 1-2: weights (top), signal images sigma_i v_i (middle), class residual
+    """Pattichis & Pattichis (SSIAI 2024) Figures 1-2: weights (top), signal images sigma_i v_i (middle), class residual
     images (bottom, when given)."""
     si = signal_images
     k = min(max_items, si.images.shape[0])
@@ -157,7 +157,7 @@ def selu_inversion_figure(true_images, inversion, path=None, max_items: int = 8)
 
 
 def ideal_inputs_figure(ideal, path=None):
-    """Seed 001 Figure 3: per class, each init before and after refinement, with distances."""
+    """Pattichis & Pattichis (SSIAI 2024) Figure 3: per class, each init before and after refinement, with distances."""
     from fsl.spaces.ideal import INITS
 
     rows, labels = [], []
@@ -176,7 +176,7 @@ def ideal_inputs_figure(ideal, path=None):
 
 
 def step_response_figure(response, path=None):
-    """Log-log plot of the output change along null-space and random directions (seed 002)."""
+    """Log-log plot of the output change along null-space and random directions (Jacobian preimages of latent vectors)."""
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     h = response.steps.numpy()
     ax.loglog(h, response.actual.median(dim=1).values.mean(0).cpu().numpy(), "o-",

@@ -1,4 +1,4 @@
-"""Signal spaces of layers (seed 001; DESIGN C4-C5): pure torch, float64 linear algebra.
+"""Signal spaces of layers (Pattichis & Pattichis, SSIAI 2024; docs/inversion.md): pure torch, float64 linear algebra.
 
 * :func:`fundamental_subspaces`, :func:`layer_matrices`, :func:`layer_spectra`,
   :func:`all_layer_subspaces` -- SVD, numerical rank, condition numbers and the four fundamental

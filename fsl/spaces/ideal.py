@@ -1,4 +1,4 @@
-"""Ideal-output input images per class (seed 001, section 2.4 and Figure 3).
+"""Ideal-output input images per class (Pattichis & Pattichis, SSIAI 2024, section 2.4 and Figure 3).
 
 The ideal output of class ``c`` takes, over a (training) set, the maximum of output ``c`` and the
 minimum of every other output. Three training-set images start the search: *avg-img* (the class
@@ -95,7 +95,7 @@ def refine_to_outputs(model: nn.Module, x0: torch.Tensor, goal: torch.Tensor, st
 
 def ideal_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
                  lr: float = 0.01, percentile: float = 25.0, batch_size: int = 512) -> IdealInputs:
-    """Seed 001's ideal-input images for every class present in ``labels``.
+    """Pattichis & Pattichis' (SSIAI 2024) ideal-input images for every class present in ``labels``.
 
     Args:
         images: (N, C, H, W) training images in [0, 1]; labels: (N,).

@@ -1,4 +1,4 @@
-r"""Layer-wise inversion of SELU networks (seed 001, section 2.4, equation 5).
+r"""Layer-wise inversion of SELU networks (Pattichis & Pattichis, SSIAI 2024, section 2.4, equation 5).
 
 ``h_l = selu(W_l h_{l-1} + b_l)``; SELU is strictly increasing with range ``(-lambda*alpha, inf)``,
 so ``z_l = selu^{-1}(h_l)`` and ``h_{l-1} = W_l^+ (z_l - b_l)``. The pseudo-inverse gives the

@@ -1,4 +1,4 @@
-"""First-layer signal images and per-class residual images (seed 001, Figures 1-2)."""
+"""First-layer signal images and per-class residual images (Pattichis & Pattichis, SSIAI 2024, Figures 1-2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ class SignalImages:
     Attributes:
         layer: name of the layer.
         images: (k, C, H, W) float64 (linear: the model's input shape; conv: (in, kh, kw)).
-        weights: (k', C, H, W) the first rows of ``W`` themselves, for comparison (seed 001 Fig. 1
+        weights: (k', C, H, W) the first rows of ``W`` themselves, for comparison (Pattichis & Pattichis, SSIAI 2024 Fig. 1
             top row), k' = min(k, m).
         singular_values: (k,); condition: sigma_1 / sigma_r.
         subspaces: the layer's :class:`FundamentalSubspaces`.
@@ -93,7 +93,7 @@ class ClassResiduals:
 
 def class_residuals(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     normalized: bool = True, rtol: float | None = None) -> ClassResiduals:
-    """Per-class residual images and energies of the first (linear) layer (seed 001 Fig. 1, row 3).
+    """Per-class residual images and energies of the first (linear) layer (Pattichis & Pattichis, SSIAI 2024 Fig. 1, row 3).
 
     Args:
         images: (N, C, H, W) in [0, 1]; labels: (N,).

@@ -1,4 +1,4 @@
-r"""The four fundamental subspaces of every linear and conv layer (seed 001, sections 2.1-2.3).
+r"""The four fundamental subspaces of every linear and conv layer (Pattichis & Pattichis, SSIAI 2024, sections 2.1-2.3).
 
 For a weight matrix ``W`` (m x n; conv kernels reshaped to ``out x (in * kh * kw)``) with SVD
 ``W = U S V^T`` and numerical rank ``r``:

@@ -10,6 +10,10 @@ from fsl.errors import FslError
 from fsl.models import FeatureClassifier, create_model
 
 
+# the W&B run id a checkpoint was written by (callbacks.wandb_resume), so resuming continues that run
+CHECKPOINT_KEY = "fsl_wandb_run_id"
+
+
 class CheckpointError(FslError, RuntimeError):
     """The file is not a usable fsl checkpoint."""
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fsl.config import to_plain
 from fsl.tracking.rundir import (FAILED_MARKER, claim_run_dir, fail_run_dir, new_run_id, process_rank, read_marker,
                                  release_run_dir)
-from fsl.training.checkpoint import read_checkpoint
+from fsl.training.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from fsl.training.module import ClassifierModule
 from fsl.validate import validate_train_config
 
@@ -138,8 +138,6 @@ def _train(cfg: DictConfig) -> TrainResult:
     pl.seed_everything(int(cfg.seed), workers=True)
     resume_id = None
     if cfg.get("ckpt_path"):
-        from callbacks.wandb_resume import CHECKPOINT_KEY
-
         resume_id = read_checkpoint(cfg.ckpt_path).get(CHECKPOINT_KEY)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")  # missing data fails here, before a logger or W&B run exists

@@ -37,7 +37,7 @@ class FitData:
 
 class Detector:
     """Base class. Subclasses set their parameters in ``__init__(**params)`` (the registered
-    ``defaults`` overridden by ``analysis.adversarial.detectors.<name>``), may override :meth:`fit`
+    ``defaults`` overridden by ``Detectors.fit(params={name: {...}})``), may override :meth:`fit`
     and :meth:`score`, and define :meth:`value`."""
 
     name: ClassVar[str] = ""

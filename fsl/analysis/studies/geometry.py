@@ -1,0 +1,99 @@
+"""Feature-space geometry of the evaluation samples against the training features: exact margins
+(flip points), convex-hull distances, balls, union coverage, support agreement and ambiguity
+(Yousefzadeh, arXiv 2202.04052; docs/geometry.md)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fsl.analysis.base import Analysis, Figure, Result, Table, register_analysis
+from fsl.analysis.geometry_study import feature_geometry_study
+from fsl.analysis.report import fmt
+
+
+@register_analysis("geometry")
+class GeometryAnalysis(Analysis):
+    """Options (``configs/analysis/geometry.yaml``): ``n_train``, ``n_eval`` (subset sizes, None =
+    the context's), ``hull`` (kwargs of :func:`fsl.geometry.hull_distances`), ``hull_projections``,
+    ``table_rows`` (W&B sample table), ``grid_size`` (ambiguity grids), ``table1_samples``.
+
+    ``Result.data`` is the :class:`fsl.geometry.analysis.GeometryStudy` (with ``train_index``).
+    """
+
+    prefix = "analysis"
+
+    def compute(self, ctx) -> Result:
+        train = ctx.train_features(self.n_train)
+        evals = ctx.eval_features(self.n_eval)
+        head = ctx.head
+        study = feature_geometry_study(train, evals, head.weight, head.bias, head.lower, head.upper,
+                                       hull_kwargs=dict(self.hull or {}), hull_projections=bool(self.hull_projections),
+                                       device=ctx.device)
+        study.extras["train_index"] = train.index
+        names = ctx.class_names
+        ps = study.per_sample
+        cols = dict(ps)
+        cols["label_name"] = [names[int(i)] for i in ps["label"]]
+        cols["pred_name"] = [names[int(i)] for i in ps["pred"]]
+        for j in range(study.distances.shape[1]):
+            cols[f"d_{j}"] = study.distances[:, j]
+        res = Result(metrics=dict(study.metrics), per_sample=cols, data=study)
+        res.histograms = {f"{k}_hist": ps[k][torch.isfinite(ps[k])] for k in ("margin", "hull", "ambiguity")}
+        ids = [int(i) for i in (self.table1_samples or []) if int(i) < len(ps["index"])]
+        res.report = self._report(res.metrics, study, names, ids, ctx)
+        if ctx.want_figures:
+            images = ctx.eval_images(self.n_eval)
+            res.tables["samples"] = self._table(ps, images, names)
+            res.figures.update(self._figures(study, images, names, ids))
+        return res
+
+    def _table(self, ps, images, names) -> Table:
+        order = torch.argsort(ps["ambiguity"])
+        n = int(self.table_rows)
+        rows = torch.cat([order[: n // 2], order[-(n - n // 2):]]).unique() if n > 0 else order[:0]
+        cols = ["index", "image", "label", "pred", "margin", "closest", "hull", "ambiguity", "ball_count", "in_train_union"]
+        data = [[int(ps["index"][i]), images[i], names[int(ps["label"][i])], names[int(ps["pred"][i])],
+                 float(ps["margin"][i]), int(ps["closest"][i]), float(ps["hull"][i]), float(ps["ambiguity"][i]),
+                 int(ps["ball_count"][i]), bool(ps["in_train_union"][i])] for i in rows.tolist()]
+        return Table(cols, data)
+
+    def _figures(self, study, images, names, ids) -> dict[str, Figure]:
+        from fsl.plots import geometry_figures as gf
+
+        ps = study.per_sample
+        figs = {"distance_histograms": Figure("distance_histograms", gf.distance_histograms(ps["margin"], ps["hull"])),
+                "margin_vs_hull": Figure("margin_vs_hull", gf.margin_vs_hull(ps["margin"], ps["hull"], ps["correct"])),
+                "closest_class": Figure("closest_class", gf.closest_class_bars(ps["closest"], ps["pred"], names))}
+        for most in (True, False):
+            key = "most_ambiguous" if most else "least_ambiguous"
+            fig, _ = gf.ambiguity_grid(images, ps["ambiguity"], ps["label"], ps["pred"], names,
+                                       k=int(self.grid_size), most=most)
+            figs[key] = Figure(key, fig)
+        if ids:
+            figs["table1_margins"] = Figure("table1_margins", gf.margin_table_figure(
+                study.distances[ids], names, [int(ps["index"][i]) for i in ids], ps["pred"][ids]))
+        return figs
+
+    @staticmethod
+    def _report(m, study, names, ids, ctx) -> list[str]:
+        lines = ["## Feature space", "",
+                 f"Evaluation samples: {int(m['n_eval'])} ({ctx.eval_split} split), training features: "
+                 f"{int(m['n_train'])}; model accuracy on them: {m['acc']:.4f}.", "",
+                 f"- margin d_min: median {fmt(m['margin/median'])}, mean {fmt(m['margin/mean'])}; "
+                 f"hull distance d_h: median {fmt(m['hull/median'])}",
+                 f"- certified: margins {fmt(m['margin/certified_frac'])}, hull {fmt(m['hull/certified_frac'])}",
+                 f"- accuracy on hull projections (feature space): {fmt(m.get('hull/projection_acc'))} "
+                 f"(model: {fmt(m['acc'])})",
+                 f"- Lipschitz constant of the head (sigma_max(W)): {fmt(m['lipschitz'])}"]
+        if ids:
+            ps = study.per_sample
+            lines += ["", "### Table 1: distance to each class's boundary", "",
+                      "| sample | pred | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+            for i in ids:
+                row = []
+                for j in range(len(names)):
+                    d = float(study.distances[i, j])
+                    row.append("-" if j == int(ps["pred"][i]) else ("inf" if math.isinf(d) else f"{d:.3f}"))
+                lines.append(f"| #{int(ps['index'][i])} | {names[int(ps['pred'][i])]} | " + " | ".join(row) + " |")
+        return lines

@@ -1,0 +1,125 @@
+"""Contracts every registered entry must meet, parametrised over the registries: a new model,
+attack, detector or analysis is tested here without editing this file."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+import yaml
+
+from fsl.adversarial import ATTACKS, DETECTORS
+from fsl.analysis import ANALYSES
+from fsl.analysis.base import DRIVER_KEYS, _load_builtin, analysis_defaults, create_analysis
+from fsl.config import CONFIG_DIR
+from fsl.models import MODELS, LinearHead, create_model
+
+_load_builtin()
+BUILTIN_ANALYSES = list(ANALYSES)
+
+
+def _model(name: str):
+    torch.manual_seed(0)
+    return create_model(name, input_shape=[1, 28, 28], num_classes=10, mean=[0.5], std=[0.25]).eval()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_contract(name):
+    model = _model(name)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        f = model.forward_features(x)
+        logits = model.forward_head(f)
+    assert f.shape == (3, model.head.in_features) and logits.shape == (3, 10)
+    assert torch.allclose(model(x), logits)
+    assert model.feature_domain.contains(f), "features outside the declared feature domain"
+    head = LinearHead.from_model(model)
+    assert torch.equal(head.weight, model.head.weight.detach().cpu())
+    assert (head.lower, head.upper) == (model.feature_domain.lower, model.feature_domain.upper)
+    if model.invertible_selu:
+        stack = model.selu_stack()
+        assert stack and all(isinstance(lin, torch.nn.Linear) for _, lin, _ in stack)
+    cfg = yaml.safe_load((CONFIG_DIR / "model" / f"{name}.yaml").read_text())
+    assert cfg["name"] == name and "_target_" not in cfg
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_contract(name):
+    """Images stay in [0, 1] with their shape; success is decided on the returned images."""
+    from fsl.adversarial import run_attack
+    from fsl.adversarial.success import is_adversarial
+
+    model = _model("fcnn1")
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    spec = ATTACKS[name]
+    params = {"steps": 5} if "steps" in spec.defaults else {}
+    res = run_attack(model, x, y, name, **params)
+    assert res.adv_images.shape == x.shape
+    assert float(res.adv_images.min()) >= 0.0 and float(res.adv_images.max()) <= 1.0
+    with torch.no_grad():
+        logits = model(res.adv_images)
+    assert torch.equal(res.success.cpu(), (is_adversarial(logits, y) & ~res.nonfinite).cpu())
+    eps = {**spec.defaults}.get("eps")
+    if spec.norm == "linf" and eps is not None:
+        assert float(res.linf.max()) <= float(eps) + 1e-6
+    assert spec.doc, f"attack {name!r} needs a docstring (its first line is the attack's description)"
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_detector_contract(name):
+    from fsl.adversarial.detectors import FitData, build_detector
+    from fsl.adversarial.evaluate import detector_scores, per_sample_dtypes
+
+    g = torch.Generator().manual_seed(3)
+    W, b = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    F_tr = torch.randn(80, 6, generator=g, dtype=torch.float64).abs()
+    y_tr = (F_tr @ W.T + b).argmax(1)
+    det = build_detector(name).fit(FitData(F_tr, y_tr, W, b, 4))
+    F = torch.randn(10, 6, generator=g, dtype=torch.float64).abs()
+    logits = F @ W.T + b
+    margin, hull = torch.rand(10, generator=g, dtype=torch.float64), torch.rand(10, generator=g, dtype=torch.float64)
+    v = det.value(F, logits, margin, hull)
+    assert v.shape == (10,) and bool(torch.isfinite(v).all())
+    cols = {"margin": margin, "hull": hull, name: v}
+    ps = {f"{k}_{c}": t for k in ("clean", "adv") for c, t in cols.items()}
+    s = detector_scores(ps, "adv", [name])[name]
+    assert s.shape == (10,)
+    if not det.needs:
+        assert torch.equal(s, -v if det.negate else v)
+    assert f"adv_{name}" in per_sample_dtypes() and f"clean_{name}" in per_sample_dtypes()
+
+
+@pytest.mark.parametrize("name", BUILTIN_ANALYSES)
+def test_analysis_contract(name):
+    """One yaml per analysis, holding its options under its name (the only copy of its defaults)."""
+    cls = ANALYSES[name]
+    assert cls.prefix and cls.name == name and cls.__doc__
+    path = CONFIG_DIR / "analysis" / f"{name}.yaml"
+    node = yaml.safe_load(path.read_text())
+    assert list(node) == [name], f"{path} must hold one top-level key, {name!r}"
+    assert set(DRIVER_KEYS) <= set(node[name])
+    a = create_analysis(name)
+    assert set(a.options) == set(analysis_defaults(name)) - set(DRIVER_KEYS)
+    for dep in (*cls.requires, *cls.uses):
+        assert dep in ANALYSES, f"{name} depends on unknown analysis {dep!r}"
+    with pytest.raises(Exception, match="has no option"):
+        create_analysis(name, not_an_option=1)
+    analyze_cfg = yaml.safe_load((CONFIG_DIR / "analyze.yaml").read_text())
+    listed = next(d["analysis"] for d in analyze_cfg["defaults"] if isinstance(d, dict) and "analysis" in d)
+    assert name in listed, f"analyze.yaml's defaults list should run {name!r}"
+
+
+def test_unknown_names_are_refused_with_the_closest():
+    from fsl.analysis import build_analyses
+
+    with pytest.raises(Exception, match="did you mean 'geometry'"):
+        build_analyses({"geometri": {}})
+    with pytest.raises(Exception, match="needs \\['geometry'\\]"):
+        class Needs(ANALYSES["spaces"]):
+            requires = ("geometry",)
+        ANALYSES["needs_geo"] = Needs
+        try:
+            build_analyses({"needs_geo": {}})
+        finally:
+            ANALYSES.pop("needs_geo")
