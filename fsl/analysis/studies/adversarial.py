@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from fsl.analysis.base import Analysis, Figure, Result, register_analysis
 from fsl.analysis.distributed import gather_cat
@@ -61,7 +62,7 @@ class AdversarialAnalysis(Analysis):
         rank, size = ctx.world()
         chunks = list(torch.arange(n).split(max(int(self.batch_size), 1)))
         res = Result(data={})
-        for name, params in suite.items():
+        for name, params in tqdm(suite.items(), desc="attacks", disable=not ctx.progress, leave=False):
             params = dict(params)
             attack = params.pop("attack")
             parts, seconds = [], 0.0
