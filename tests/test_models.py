@@ -98,3 +98,27 @@ def test_bad_resnet_depth_and_channel_stats():
         CifarResNet(depth=21)
     with pytest.raises(ValueError, match="mean/std"):
         create_model("resnet20", input_shape=(1, 28, 28))  # CIFAR stats have 3 channels
+
+
+@pytest.mark.parametrize("shape, want", [((1, 28, 28), [(16, 28, 28), (32, 14, 14), (64, 7, 7), (64,)]),
+                                         ((3, 32, 32), [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64,)])])
+def test_resnet20_feature_maps(shape, want):
+    model = create_model("resnet20", input_shape=shape, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = model.feature_maps(x)
+        feats = model.forward_features(x)
+    assert list(maps) == ["stage1", "stage2", "stage3", "pooled"]
+    assert [tuple(m.shape[1:]) for m in maps.values()] == want
+    assert torch.equal(maps["pooled"], feats) and torch.allclose(maps["stage3"].mean((2, 3)), feats)
+    assert all(bool((m >= 0).all()) for m in maps.values())  # every stage ends in a ReLU
+
+
+def test_selu_mlp_feature_maps():
+    model = create_model("selu_mlp").eval()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = model.feature_maps(x)
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {"layers.0": (3, 256), "layers.1": (3, 256),
+                                                             "layers.2": (3, 128), "layers.3": (3, 32)}
+    assert torch.equal(maps["layers.3"], model.forward_features(x))

@@ -32,6 +32,10 @@ def test_model_contract(name):
     assert f.shape == (3, model.head.in_features) and logits.shape == (3, 10)
     assert torch.allclose(model(x), logits)
     assert model.feature_domain.contains(f), "features outside the declared feature domain"
+    with torch.no_grad():
+        maps = model.feature_maps(x)
+    assert maps and all(m.shape[0] == 3 for m in maps.values())
+    assert torch.equal(list(maps.values())[-1], f), "the last feature map must be forward_features(x)"
     head = LinearHead.from_model(model)
     assert torch.equal(head.weight, model.head.weight.detach().cpu())
     assert (head.lower, head.upper) == (model.feature_domain.lower, model.feature_domain.upper)

@@ -101,6 +101,12 @@ class FeatureClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, f)
         raise NotImplementedError
 
+    def feature_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every named intermediate representation of ``x`` (B, C, H, W) in [0, 1], input side first;
+        the last entry is ``forward_features(x)`` (B, f). Spatial maps are (B, C', H', W'). Models
+        with intermediate stages override this (ResNet stages, SELU MLP hidden layers)."""
+        return {"features": self.forward_features(x)}
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # (B, f) -> (B, n)
         return self.head(features)
 

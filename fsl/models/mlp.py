@@ -81,6 +81,16 @@ class SeluMLP(FeatureClassifier):
             h = F.selu(layer(h))
         return h
 
+    def feature_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output of every hidden layer after its SELU, ``layers.0`` ... ``layers.<k-1>`` (the last
+        one is ``forward_features``)."""
+        h = self.normalize(x).flatten(1)
+        maps = {}
+        for i, layer in enumerate(self.layers):
+            h = F.selu(layer(h))
+            maps[f"layers.{i}"] = h
+        return maps
+
     def selu_stack(self, start: str = "features") -> list[tuple[str, nn.Linear, bool]]:
         stack = [(f"layers.{i}", layer, True) for i, layer in enumerate(self.layers)]
         if start == "logits":

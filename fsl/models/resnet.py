@@ -78,11 +78,24 @@ class CifarResNet(FeatureClassifier):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+        self.stage_ends = [blocks * (i + 1) - 1 for i in range(len(widths))]  # last block of each stage
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.blocks(out)
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``stage1``, ``stage2``, ``stage3`` (outputs of each stage: 16x28x28, 32x14x14, 64x7x7 on
+        28x28 inputs; 16x32x32, 32x16x16, 64x8x8 on CIFAR-10) and ``pooled`` (= ``forward_features``)."""
+        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        maps = {}
+        for i, block in enumerate(self.blocks):
+            out = block(out)
+            if i in self.stage_ends:
+                maps[f"stage{self.stage_ends.index(i) + 1}"] = out
+        maps["pooled"] = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return maps
 
 
 @register_model("resnet20")
