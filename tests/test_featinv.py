@@ -1,0 +1,52 @@
+"""FeatInv decoders: shapes for every layer of every model, a toy encoder learned to SSIM > 0.99."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+from fsl.featinv import ConvDecoder, fit_decoder, reencoding_cosine
+from fsl.models import MODELS, create_model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_decoder_shapes_for_every_layer(name, shape):
+    model = create_model(name, input_shape=shape, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = model.feature_maps(x)
+    for layer, m in maps.items():
+        dec = ConvDecoder(m.shape[1:], shape, width=8, depth=1)
+        with torch.no_grad():
+            out = dec(m)
+        assert out.shape == (2, *shape), layer
+        assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_reencoding_cosine_is_median_over_positions():
+    a = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+    b = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(2))
+    per_pos = torch.nn.functional.cosine_similarity(a, b, dim=1).flatten(1)
+    assert torch.allclose(reencoding_cosine(a, b), per_pos.median(1).values)
+    assert torch.allclose(reencoding_cosine(a, a), torch.ones(3))
+    with pytest.raises(ValueError, match="shapes differ"):
+        reencoding_cosine(a, b[:, :3])
+
+
+def test_decoder_inverts_an_orthogonal_toy_encoder():
+    """A fixed random orthogonal 1x1 conv is invertible: the decoder must learn it (SSIM > 0.99)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
+    encode = lambda x: torch.einsum("oc,bchw->bohw", q, x)  # noqa: E731
+    base = torch.rand(256, 3, 4, 4, generator=g)
+    images = torch.nn.functional.interpolate(base, size=(8, 8), mode="bilinear", align_corners=False)
+    dec = ConvDecoder((3, 8, 8), (3, 8, 8), width=32, depth=1)
+    losses = fit_decoder(dec, encode, images, steps=400, batch_size=64, lr=3e-3, seed=0)
+    assert losses[-1] < losses[0] / 10
+    test = torch.nn.functional.interpolate(torch.rand(32, 3, 4, 4, generator=g), size=(8, 8), mode="bilinear",
+                                           align_corners=False)
+    with torch.no_grad():
+        rec = dec(encode(test))
+    assert float(ssim(rec, test, data_range=1.0)) > 0.99
