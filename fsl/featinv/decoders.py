@@ -104,6 +104,6 @@ def fit_decoder(decoder: ConvDecoder, encode: Callable[[Tensor], Tensor], images
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     decoder.eval()
     return losses
