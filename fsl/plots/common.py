@@ -81,7 +81,12 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int | None = 
             ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
+    # fixed margins instead of tight_layout (which takes 2/3 of the time of a 16-image grid)
+    h_in = fig.get_size_inches()[1]
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    title_in = 0.14 * lines + 0.05
+    top = 1 - ((0.45 if suptitle else 0.05) + title_in) / h_in
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.08, hspace=(title_in + 0.12) / (0.7 * scale))
     return _save(fig, path)
 
 

@@ -43,7 +43,7 @@ def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adv
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
            ylabel="true positive rate (adversarial caught)", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.11, top=0.93)  # fixed: tight_layout doubles the cost
     if path is not None:
         save_figure(fig, path, close=False)
     return fig

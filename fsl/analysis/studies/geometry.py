@@ -16,7 +16,8 @@ from fsl.analysis.report import fmt
 class GeometryAnalysis(Analysis):
     """Options (``configs/analysis/geometry.yaml``): ``n_train``, ``n_eval`` (subset sizes, None =
     the context's), ``hull`` (kwargs of :func:`fsl.geometry.hull_distances`), ``hull_projections``,
-    ``table_rows`` (W&B sample table), ``grid_size`` (ambiguity grids), ``table1_samples``.
+    ``table_rows`` (W&B sample table, 0: none), ``grid_size`` (ambiguity grids), ``table1_samples``,
+    ``figures`` (the figures to draw, None: all).
 
     ``Result.data`` is the :class:`fsl.geometry.analysis.GeometryStudy` (with ``train_index``).
     """
@@ -44,7 +45,8 @@ class GeometryAnalysis(Analysis):
         res.report = self._report(res.metrics, study, names, ids, ctx)
         if ctx.want_figures:
             images = ctx.eval_images(self.n_eval)
-            res.tables["samples"] = self._table(ps, images, names)
+            if int(self.table_rows) > 0:
+                res.tables["samples"] = self._table(ps, images, names)
             res.figures.update(self._figures(study, images, names, ids))
         return res
 
@@ -62,18 +64,24 @@ class GeometryAnalysis(Analysis):
         from fsl.plots import geometry_figures as gf
 
         ps = study.per_sample
-        figs = {"distance_histograms": Figure("distance_histograms", gf.distance_histograms(ps["margin"], ps["hull"])),
-                "margin_vs_hull": Figure("margin_vs_hull", gf.margin_vs_hull(ps["margin"], ps["hull"], ps["correct"])),
-                "closest_class": Figure("closest_class", gf.closest_class_bars(ps["closest"], ps["pred"], names))}
-        for most in (True, False):
-            key = "most_ambiguous" if most else "least_ambiguous"
-            fig, _ = gf.ambiguity_grid(images, ps["ambiguity"], ps["label"], ps["pred"], names,
-                                       k=int(self.grid_size), most=most)
-            figs[key] = Figure(key, fig)
-        if ids:
-            figs["table1_margins"] = Figure("table1_margins", gf.margin_table_figure(
-                study.distances[ids], names, [int(ps["index"][i]) for i in ids], ps["pred"][ids]))
-        return figs
+        draw = {
+            "distance_histograms": lambda: gf.distance_histograms(ps["margin"], ps["hull"]),
+            "margin_vs_hull": lambda: gf.margin_vs_hull(ps["margin"], ps["hull"], ps["correct"]),
+            "closest_class": lambda: gf.closest_class_bars(ps["closest"], ps["pred"], names),
+            "most_ambiguous": lambda: gf.ambiguity_grid(images, ps["ambiguity"], ps["label"], ps["pred"], names,
+                                                        k=int(self.grid_size), most=True)[0],
+            "least_ambiguous": lambda: gf.ambiguity_grid(images, ps["ambiguity"], ps["label"], ps["pred"], names,
+                                                         k=int(self.grid_size), most=False)[0],
+            "table1_margins": lambda: gf.margin_table_figure(study.distances[ids], names,
+                                                             [int(ps["index"][i]) for i in ids], ps["pred"][ids]),
+        }
+        if not ids:
+            draw.pop("table1_margins")
+        wanted = list(draw) if self.figures is None else [str(f) for f in self.figures]
+        unknown = sorted(set(wanted) - set(draw) - {"table1_margins"})
+        if unknown:
+            raise ValueError(f"analysis.geometry.figures: unknown figure(s) {unknown}; valid: {sorted(draw)}")
+        return {key: Figure(key, draw[key]()) for key in draw if key in wanted}
 
     @staticmethod
     def _report(m, study, names, ids, ctx) -> list[str]:
