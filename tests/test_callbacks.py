@@ -39,6 +39,8 @@ def test_geometry_keys_are_logged_each_epoch(fitted):
     for media in ("analysis/samples", "analysis/most_ambiguous", "analysis/least_ambiguous", "analysis/margin_hist"):
         assert any(k.startswith(media + "/") for k in run.keys), media  # W&B media are nested records
     assert any("media/table/analysis/samples" in f for f in run.files)
+    # training draws only the figures train.yaml lists (analysis.geometry.figures); analyze.py draws all
+    assert not any(k.startswith(("analysis/distance_histograms", "analysis/margin_vs_hull")) for k in run.keys)
 
 
 def test_adversarial_keys_are_logged(fitted):
