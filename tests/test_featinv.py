@@ -50,3 +50,32 @@ def test_decoder_inverts_an_orthogonal_toy_encoder():
     with torch.no_grad():
         rec = dec(encode(test))
     assert float(ssim(rec, test, data_range=1.0)) > 0.99
+
+
+def test_reconstruction_metrics_against_their_definitions():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from fsl.featinv import reconstruction_metrics
+
+    torch.manual_seed(0)
+    model = create_model("selu_mlp", hidden=(32, 16)).eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 1, 28, 28, generator=g)
+    r = (x + 0.1 * torch.randn(6, 1, 28, 28, generator=g)).clamp(0, 1)
+    y = torch.arange(6) % 10
+    summary, ps = reconstruction_metrics(model, "layers.0", x, r, labels=y)
+    mse = ((r - x) ** 2).mean((1, 2, 3))
+    assert torch.allclose(ps["psnr"], 10 * torch.log10(1 / mse), atol=1e-4)
+    assert float(ps["ssim"][2]) == pytest.approx(float(structural_similarity_index_measure(r[2:3], x[2:3],
+                                                                                           data_range=1.0)), abs=1e-6)
+    with torch.no_grad():
+        f_r, f_x = model.feature_maps(r)["layers.0"], model.feature_maps(x)["layers.0"]
+        agree = model(r).argmax(1) == model(x).argmax(1)
+    assert torch.allclose(ps["cosine"], torch.nn.functional.cosine_similarity(f_r, f_x, dim=1))
+    assert torch.equal(ps["agree_pred"], agree) and summary["top1_pred"] == pytest.approx(float(agree.double().mean()))
+    same, _ = reconstruction_metrics(model, "layers.1", x, x, labels=y)
+    assert same["ssim"] == pytest.approx(1.0) and same["cosine_median"] == pytest.approx(1.0) and same["top1_pred"] == 1.0
+    with pytest.raises(ValueError, match="no layer 'stage3'"):
+        reconstruction_metrics(model, "stage3", x, r)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        reconstruction_metrics(model, "layers.0", x, r + 2)
