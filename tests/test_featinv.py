@@ -79,3 +79,32 @@ def test_reconstruction_metrics_against_their_definitions():
         reconstruction_metrics(model, "stage3", x, r)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         reconstruction_metrics(model, "layers.0", x, r + 2)
+
+
+def test_featinv_training_entry_and_checkpoint_reload(tmp_path):
+    """train(cfg) with featinv.classifier set trains a decoder through Lightning; its checkpoint
+    loads with weights_only=True and reproduces the reconstructions exactly."""
+    from fsl.featinv.module import FeatInvModule, load_featinv
+    from fsl.training import load_model, train
+    from tests.helpers import synthetic_config
+
+    clf = train(synthetic_config(tmp_path / "clf", epochs=1, extra=["logger=none", "test_after_fit=false"]))
+    cfg = synthetic_config(tmp_path / "inv", epochs=2, extra=[
+        "logger=csv", f"featinv.classifier={clf.best_checkpoint}", "featinv.layer=layers.0", "featinv.width=16",
+        "featinv.depth=1", "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"])
+    res = train(cfg)
+    assert {"val/loss", "val/ssim", "val/cosine", "val/top1_agree", "test/ssim"} <= set(res.metrics)
+    assert 0 < res.metrics["test/ssim"] <= 1 and -1 <= res.metrics["test/cosine"] <= 1
+    module = load_featinv(res.best_checkpoint)
+    assert isinstance(module, FeatInvModule) and module.layer == "layers.0"
+    net, _ = load_model(clf.best_checkpoint)  # the classifier inside is the frozen one, unchanged
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), module.net.state_dict().values()))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = module(module.encode(x))
+        b = load_featinv(res.best_checkpoint)(module.encode(x))
+    assert torch.equal(a, b)
+    raw = torch.load(res.best_checkpoint, weights_only=True, map_location="cpu")
+    assert raw["hyper_parameters"]["featinv"]["layer"] == "layers.0"
+    with pytest.raises(ValueError, match="not a FeatInv checkpoint"):
+        load_featinv(clf.best_checkpoint)

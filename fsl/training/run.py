@@ -40,7 +40,13 @@ def build_datamodule(cfg: DictConfig):
     return instantiate(cfg.data)
 
 
-def build_module(cfg: DictConfig, datamodule) -> ClassifierModule:
+def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
+    """The classifier (``ClassifierModule``), or, when ``featinv.classifier`` is set, a FeatInv
+    decoder for one layer of that frozen classifier (``fsl.featinv.FeatInvModule``)."""
+    if (cfg.get("featinv") or {}).get("classifier"):
+        from fsl.featinv.module import featinv_module
+
+        return featinv_module(to_plain(cfg.featinv), data=_without_target(cfg.data))
     model_spec = {**datamodule.model_kwargs(), **_without_target(cfg.model)}
     return ClassifierModule(model=model_spec, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
                             data=_without_target(cfg.data))

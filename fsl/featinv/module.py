@@ -1,0 +1,124 @@
+"""``FeatInvModule``: trains a FeatInv decoder for one layer of a frozen fsl classifier with
+Lightning (checkpoints, W&B, progress bar). The checkpoint is self-contained: the classifier's
+spec and weights (``net.*``, so :func:`fsl.training.load_model` reads the classifier from it) and
+the decoder's (``decoder.*``), with plain hyperparameters only."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MeanMetric
+
+from fsl.featinv.decoders import ConvDecoder, featinv_loss, reencoding_cosine
+from fsl.models import create_model
+from fsl.training.module import _plain
+
+
+class FeatInvModule(pl.LightningModule):
+    """Decoder from ``model.feature_maps(x)[layer]`` back to ``x``.
+
+    Args:
+        model: the classifier's :func:`fsl.models.create_model` spec (from its checkpoint).
+        featinv: ``{"layer": <feature_maps key>, "width": 64, "depth": 2, "mse_weight": 1.0,
+            "cos_weight": 1.0, "lr": 2e-3}``.
+        data: the data spec (kept so the data can be rebuilt from the checkpoint).
+        classifier_state: the classifier's weights (only when building from a classifier
+            checkpoint; a FeatInv checkpoint restores them with the decoder's).
+    """
+
+    def __init__(self, model: dict, featinv: dict, data: dict | None = None, classifier_state: dict | None = None):
+        super().__init__()
+        model, featinv, data = _plain(model), _plain(featinv), _plain(data or {})
+        self.save_hyperparameters({"model": model, "featinv": featinv, "data": data})
+        self.net = create_model(**model)
+        if classifier_state is not None:
+            self.net.load_state_dict(classifier_state)
+        self.net.eval().requires_grad_(False)
+        self.layer = str(featinv["layer"])
+        shape = tuple(self.net.input_shape)
+        with torch.no_grad():
+            maps = self.net.feature_maps(torch.zeros(1, *shape))
+        if self.layer not in maps:
+            raise ValueError(f"featinv.layer={self.layer!r}: {model['name']} has the layers {list(maps)}")
+        self.decoder = ConvDecoder(maps[self.layer].shape[1:], shape, width=int(featinv.get("width", 64)),
+                                   depth=int(featinv.get("depth", 2)))
+        self.train_loss_mean = MeanMetric()
+
+    def train(self, mode: bool = True):  # the classifier stays in eval mode (BatchNorm statistics frozen)
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.feature_maps(x)[self.layer]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder(features)
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        with torch.no_grad():
+            z = self.encode(x)
+        rec = self.decoder(z)
+        f_rec = self.encode(rec)
+        hp = self.hparams.featinv
+        loss = featinv_loss(rec, x, f_rec, z, float(hp.get("mse_weight", 1.0)), float(hp.get("cos_weight", 1.0)))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}/loss is {loss.item()}: lower featinv.lr")
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+            self.train_loss_mean.update(loss.detach(), weight=len(y))
+            self.log("train/loss_epoch", self.train_loss_mean, on_step=False, on_epoch=True)
+            return loss
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
+        with torch.no_grad():
+            agree = (self.net(rec).argmax(1) == self.net(x).argmax(1)).float().mean()
+            cos = reencoding_cosine(f_rec, z).mean()
+            ssim = structural_similarity_index_measure(rec, x, data_range=1.0)
+        kw = dict(on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
+        self.log(f"{stage}/ssim", ssim, prog_bar=True, **kw)
+        self.log(f"{stage}/cosine", cos, **kw)
+        self.log(f"{stage}/top1_agree", agree, **kw)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.decoder.parameters(), lr=float(self.hparams.featinv.get("lr", 2e-3)))
+        max_epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)}
+
+
+def featinv_module(featinv: dict, data: dict | None = None) -> FeatInvModule:
+    """A :class:`FeatInvModule` over the classifier checkpoint ``featinv["classifier"]``."""
+    from fsl.training.checkpoint import load_model
+
+    path = featinv.get("classifier")
+    if not path:
+        raise ValueError("featinv.classifier is not set: pass featinv.classifier=outputs/train/<run>/checkpoints/"
+                         "<ckpt>.ckpt (a trained classifier)")
+    net, hp = load_model(path)
+    return FeatInvModule(hp["model"], featinv, data=data if data is not None else hp["data"],
+                         classifier_state=net.state_dict())
+
+
+def load_featinv(path, map_location="cpu") -> FeatInvModule:
+    """Rebuild a :class:`FeatInvModule` from its checkpoint (``weights_only=True``)."""
+    from fsl.training.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    if "featinv" not in hp:
+        raise ValueError(f"{path} is not a FeatInv checkpoint (no featinv hyperparameters); it holds a "
+                         f"{hp.get('model', {}).get('name', '?')!r} classifier")
+    module = FeatInvModule(hp["model"], hp["featinv"], hp.get("data"))
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    return module.to(map_location).eval()
