@@ -7,9 +7,10 @@ from typing import Any, Mapping
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.timing import log_scalars
 from fsl.analysis.base import build_analyses
 from fsl.analysis.context import Context
-from fsl.analysis.run import close_figures, flat_metrics, wandb_media
+from fsl.analysis.run import close_figures, flat_metrics, run_analyses, wandb_media
 
 
 def is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
@@ -56,15 +57,14 @@ class AnalysisCallback(pl.Callback):
                                       n_train=self.n_train, n_eval=self.n_eval, batch_size=self.batch_size,
                                       device=pl_module.device, epoch=trainer.current_epoch,
                                       figures=self.log_media and bool(runs))
-        for a in due:
-            res = a.run(ctx)
-            ctx.results[a.name] = res
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(flat_metrics(a, res), step=trainer.global_step)
-                if runs and self.log_media:
-                    media = wandb_media(a, res)
-                    for run in runs:
-                        run.log({**media, "trainer/global_step": trainer.global_step})
+
+        def log(a, res) -> None:
+            log_scalars(trainer, flat_metrics(a, res))
+            if runs and self.log_media:  # runs is empty off rank zero
+                media = wandb_media(a, res)
+                for run in runs:
+                    run.log({**media, "trainer/global_step": trainer.global_step})
             close_figures(res)
+
+        run_analyses(due, ctx, on_result=log)
         self.last = dict(ctx.results)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from fsl.analysis.distributed import world
-from fsl.analysis.features import FeatureSet, fixed_subset
+from fsl.analysis.features import FeatureSet, extract_features, fixed_subset
 from fsl.analysis.geometry_study import sharded
 from fsl.models.base import LinearHead
 
@@ -118,23 +117,11 @@ class Context:
     def eval_images(self, n: int | None = None) -> Tensor:
         return self.images(self.eval_split, n)
 
-    @torch.no_grad()
     def _extract(self, images: Tensor, labels: Tensor, index: Tensor, desc: str) -> FeatureSet:
-        net, bs, device = self.model, max(self.batch_size, 1), self.device
-
         def fn(rows: Tensor) -> dict[str, Tensor]:
-            was = net.training
-            net.eval()
-            try:
-                feats, logits = [], []
-                for s in tqdm(range(0, len(rows), bs), desc=desc, disable=not self.progress, leave=False):
-                    f = net.forward_features(images[index[rows[s:s + bs]]].to(device))
-                    feats.append(f.float().cpu())
-                    logits.append(net.forward_head(f).float().cpu())
-            finally:
-                net.train(was)
-            return {"features": torch.cat(feats) if feats else torch.empty(0, net.head.in_features),
-                    "logits": torch.cat(logits) if logits else torch.empty(0, net.head.out_features)}
+            fs = extract_features(self.model, images[index[rows]], labels[index[rows]], batch_size=self.batch_size,
+                                  device=self.device, progress=self.progress, desc=desc)
+            return {"features": fs.features, "logits": fs.logits}
 
         out = sharded(fn, len(index))
         return FeatureSet(features=out["features"], logits=out["logits"], labels=labels[index].cpu(), index=index)

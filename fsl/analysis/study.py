@@ -16,7 +16,7 @@ from fsl.analysis.context import Context
 from fsl.analysis.paper import PAPER_CIFAR10
 from fsl.analysis.report import fmt
 from fsl.analysis.results import ResultsDir
-from fsl.analysis.run import close_figures, flat_metrics
+from fsl.analysis.run import close_figures, flat_metrics, run_analyses
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,14 @@ def analyze(cfg) -> AnalysisResult:
     out = ResultsDir(cfg.output_dir, staged=True)  # whole or absent: swapped in when everything is written
     metrics: dict[str, float] = {}
     done: list[tuple[Analysis, Result, dict]] = []
-    bar = tqdm(analyses, desc="analysis", leave=True)
-    for a in bar:
-        bar.set_postfix_str(a.name)
-        res = a.run(ctx)
-        ctx.results[a.name] = res
+
+    def save(a: Analysis, res: Result) -> None:
         metrics.update(flat_metrics(a, res))
         files = {key: out.save_figure(fig.file, fig.fig) for key, fig in res.figures.items()}  # written as they come
         close_figures(res)
         done.append((a, res, files))
-    bar.close()
+
+    run_analyses(_progress(analyses), ctx, on_result=save)
     written = [out.write_csv("per_sample.csv", _per_sample(done, ctx))] if done else []
     written.append(out.write_text("report.md", render_report(cfg, hp, ctx, metrics, done)))
     metrics["analyze/seconds"] = time.time() - t0
@@ -75,6 +73,15 @@ def analyze(cfg) -> AnalysisResult:
     out.commit()
     _log_wandb(cfg, metrics, done, out)
     return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
+
+
+def _progress(analyses):
+    """The analyses, with a bar naming the one being computed."""
+    bar = tqdm(analyses, desc="analysis", leave=True)
+    for a in bar:
+        bar.set_postfix_str(a.name)
+        yield a
+    bar.close()
 
 
 def _per_sample(done, ctx) -> dict:
