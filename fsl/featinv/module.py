@@ -9,6 +9,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from fsl.featinv.decoders import ConvDecoder, featinv_loss, reencoding_cosine
+from fsl.featinv.flow import FlowDecoder
 from fsl.models import create_model
 from fsl.training.module import _plain
 
@@ -18,8 +19,12 @@ class FeatInvModule(pl.LightningModule):
 
     Args:
         model: the classifier's :func:`fsl.models.create_model` spec (from its checkpoint).
-        featinv: ``{"layer": <feature_maps key>, "width": 64, "depth": 2, "mse_weight": 1.0,
-            "cos_weight": 1.0, "lr": 2e-3}``.
+        featinv: ``{"layer": <feature_maps key>, "decoder": "conv" | "flow", ...}``; for "conv"
+            (deterministic, :class:`ConvDecoder`) ``width``, ``depth``, ``mse_weight``, ``cos_weight``,
+            ``ssim_weight``; for "flow" (probabilistic, :class:`FlowDecoder`) ``channels``,
+            ``hint_channels``, ``cond_dropout``, ``steps``, ``guidance`` and ``eval_samples`` (images
+            of the first validation/test batch that are sampled for the logged ssim/cosine/top-1);
+            ``lr`` for both (Adam, cosine decay over the epochs).
         data: the data spec (kept so the data can be rebuilt from the checkpoint).
         classifier_state: the classifier's weights (only when building from a classifier
             checkpoint; a FeatInv checkpoint restores them with the decoder's).
@@ -39,8 +44,17 @@ class FeatInvModule(pl.LightningModule):
             maps = self.net.feature_maps(torch.zeros(1, *shape))
         if self.layer not in maps:
             raise ValueError(f"featinv.layer={self.layer!r}: {model['name']} has the layers {list(maps)}")
-        self.decoder = ConvDecoder(maps[self.layer].shape[1:], shape, width=int(featinv.get("width", 64)),
-                                   depth=int(featinv.get("depth", 2)))
+        self.kind = str(featinv.get("decoder", "conv"))
+        in_shape = maps[self.layer].shape[1:]
+        if self.kind == "conv":
+            self.decoder = ConvDecoder(in_shape, shape, width=int(featinv.get("width", 64)),
+                                       depth=int(featinv.get("depth", 2)))
+        elif self.kind == "flow":
+            self.decoder = FlowDecoder(in_shape, shape, channels=tuple(featinv.get("channels", (16, 32, 64))),
+                                       hint_channels=int(featinv.get("hint_channels", 16)),
+                                       cond_dropout=float(featinv.get("cond_dropout", 0.15)))
+        else:
+            raise ValueError(f"featinv.decoder={self.kind!r}: use 'conv' (deterministic) or 'flow' (probabilistic)")
         self.train_loss_mean = MeanMetric()
 
     def train(self, mode: bool = True):  # the classifier stays in eval mode (BatchNorm statistics frozen)
@@ -51,23 +65,35 @@ class FeatInvModule(pl.LightningModule):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.feature_maps(x)[self.layer]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.decoder(features)
+    def forward(self, features: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Reconstructions ``(B, C, H, W)``: the conv decoder's output, or one flow sample
+        (``featinv.steps`` Euler steps, guidance ``featinv.guidance``, noise from ``seed``)."""
+        if self.kind == "conv":
+            return self.decoder(features)
+        return self.sample(features, 1, seed)[:, 0]
 
-    def _step(self, batch, stage: str):
+    def sample(self, features: torch.Tensor, n_samples: int = 4, seed: int = 0, steps: int | None = None,
+               guidance: float | None = None) -> torch.Tensor:
+        """``(B, n_samples, C, H, W)`` flow samples (flow decoder only)."""
+        if self.kind != "flow":
+            raise ValueError("sample(): this FeatInv decoder is deterministic (featinv.decoder=conv); use forward()")
+        hp = self.hparams.featinv
+        return self.decoder.sample(features, n_samples, steps=int(steps or hp.get("steps", 25)),
+                                   guidance=float(hp.get("guidance", 1.75) if guidance is None else guidance),
+                                   seed=seed)
+
+    def _step(self, batch, stage: str, batch_idx: int = 0):
+        if self.kind == "flow":
+            return self._flow_step(batch, stage, batch_idx)
         x, y = batch
         with torch.no_grad():
             z = self.encode(x)
         rec = self.decoder(z)
         f_rec = self.encode(rec)
         hp = self.hparams.featinv
-        loss = featinv_loss(rec, x, f_rec, z, float(hp.get("mse_weight", 1.0)), float(hp.get("cos_weight", 1.0)))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage}/loss is {loss.item()}: lower featinv.lr")
-        if stage == "train":
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
-            self.train_loss_mean.update(loss.detach(), weight=len(y))
-            self.log("train/loss_epoch", self.train_loss_mean, on_step=False, on_epoch=True)
+        loss = featinv_loss(rec, x, f_rec, z, float(hp.get("mse_weight", 1.0)), float(hp.get("cos_weight", 1.0)),
+                            float(hp.get("ssim_weight", 0.0)))
+        if self._log_loss(loss, stage, len(y)):
             return loss
         from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -82,14 +108,49 @@ class FeatInvModule(pl.LightningModule):
         self.log(f"{stage}/top1_agree", agree, **kw)
         return loss
 
+    def _log_loss(self, loss: torch.Tensor, stage: str, n: int) -> bool:
+        """Check and log the training loss; True on training steps (nothing else to log)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}/loss is {loss.item()}: lower featinv.lr")
+        if stage != "train":
+            return False
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.train_loss_mean.update(loss.detach(), weight=n)
+        self.log("train/loss_epoch", self.train_loss_mean, on_step=False, on_epoch=True)
+        return True
+
+    def _flow_step(self, batch, stage: str, batch_idx: int):
+        x, y = batch
+        with torch.no_grad():
+            z = self.encode(x)
+        # evaluation draws noise, noise levels and condition dropout from a fixed seed per batch
+        gen = None if stage == "train" else torch.Generator().manual_seed(int(batch_idx))
+        loss = self.decoder.loss(x, z, gen)
+        if self._log_loss(loss, stage, len(y)):
+            return loss
+        kw = dict(on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
+        n = int(self.hparams.featinv.get("eval_samples", 100))
+        if batch_idx == 0 and n > 0:
+            from fsl.featinv.metrics import reconstruction_metrics
+
+            xs = x[:n]
+            rec = self(z[:n], seed=0)
+            summary, _ = reconstruction_metrics(self.net, self.layer, xs, rec, encode=self.encode)
+            kw = dict(on_step=False, on_epoch=True, batch_size=len(xs), sync_dist=True)
+            self.log(f"{stage}/ssim", summary["ssim"], prog_bar=True, **kw)
+            self.log(f"{stage}/cosine", summary["cosine_median"], **kw)
+            self.log(f"{stage}/top1_agree", summary["top1_pred"], **kw)
+        return loss
+
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+        return self._step(batch, "test", batch_idx)
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.decoder.parameters(), lr=float(self.hparams.featinv.get("lr", 2e-3)))
