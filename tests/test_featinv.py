@@ -81,18 +81,30 @@ def test_reconstruction_metrics_against_their_definitions():
         reconstruction_metrics(model, "layers.0", x, r + 2)
 
 
-def test_featinv_training_entry_and_checkpoint_reload(tmp_path):
+@pytest.fixture(scope="module")
+def featinv_runs(tmp_path_factory):
+    """A synthetic SELU MLP classifier and, for its layer layers.0, a conv and a flow decoder
+    trained through train(cfg) (the FeatInv entry of train.py)."""
+    from fsl.training import train
+    from tests.helpers import synthetic_config
+
+    tmp = tmp_path_factory.mktemp("featinv")
+    clf = train(synthetic_config(tmp / "clf", epochs=1, extra=["logger=none", "test_after_fit=false"]))
+    common = ["logger=csv", f"featinv.classifier={clf.best_checkpoint}", "featinv.layer=layers.0",
+              "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"]
+    conv = train(synthetic_config(tmp / "conv", epochs=2, extra=common + ["featinv.width=16", "featinv.depth=1"]))
+    flow = train(synthetic_config(tmp / "flow", epochs=1, extra=common + [
+        "featinv.decoder=flow", "featinv.channels=[8,16]", "featinv.steps=2", "featinv.eval_samples=8"]))
+    return clf, conv, flow
+
+
+def test_featinv_training_entry_and_checkpoint_reload(featinv_runs):
     """train(cfg) with featinv.classifier set trains a decoder through Lightning; its checkpoint
     loads with weights_only=True and reproduces the reconstructions exactly."""
     from fsl.featinv.module import FeatInvModule, load_featinv
-    from fsl.training import load_model, train
-    from tests.helpers import synthetic_config
+    from fsl.training import load_model
 
-    clf = train(synthetic_config(tmp_path / "clf", epochs=1, extra=["logger=none", "test_after_fit=false"]))
-    cfg = synthetic_config(tmp_path / "inv", epochs=2, extra=[
-        "logger=csv", f"featinv.classifier={clf.best_checkpoint}", "featinv.layer=layers.0", "featinv.width=16",
-        "featinv.depth=1", "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"])
-    res = train(cfg)
+    clf, res, _ = featinv_runs
     assert {"val/loss", "val/ssim", "val/cosine", "val/top1_agree", "test/ssim"} <= set(res.metrics)
     assert 0 < res.metrics["test/ssim"] <= 1 and -1 <= res.metrics["test/cosine"] <= 1
     module = load_featinv(res.best_checkpoint)
@@ -196,17 +208,11 @@ def test_flow_decoder_shapes_for_every_layer():
                 assert out.shape == (1, 2, *shape), (name, layer)
 
 
-def test_flow_featinv_training_entry_and_reload(tmp_path):
+def test_flow_featinv_training_entry_and_reload(featinv_runs):
     """decoder=flow trains through Lightning like the conv decoder; reloaded, it draws the same samples."""
     from fsl.featinv.module import load_featinv
-    from fsl.training import train
-    from tests.helpers import synthetic_config
 
-    clf = train(synthetic_config(tmp_path / "clf", epochs=1, extra=["logger=none", "test_after_fit=false"]))
-    res = train(synthetic_config(tmp_path / "inv", epochs=1, extra=[
-        "logger=csv", f"featinv.classifier={clf.best_checkpoint}", "featinv.layer=layers.1", "featinv.decoder=flow",
-        "featinv.channels=[8,16]", "featinv.steps=2", "featinv.eval_samples=8",
-        "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"]))
+    _, _, res = featinv_runs
     assert {"val/loss", "val/ssim", "test/ssim", "test/cosine", "test/top1_agree"} <= set(res.metrics)
     module = load_featinv(res.best_checkpoint)
     assert module.kind == "flow"
@@ -216,3 +222,60 @@ def test_flow_featinv_training_entry_and_reload(tmp_path):
         a = module.sample(z, 2, seed=3)
         b = load_featinv(res.best_checkpoint).sample(z, 2, seed=3)
     assert a.shape == (3, 2, 1, 28, 28) and torch.equal(a, b)
+
+
+def test_featinv_analysis_scores_decoders_and_inversion_on_the_same_samples(featinv_runs, tmp_path):
+    from fsl.analysis import Context, create_analysis
+    from fsl.errors import FslError
+    from fsl.featinv import reconstruction_metrics
+    from fsl.featinv.module import load_featinv
+    from fsl.training import load_model, train
+    from tests.helpers import synthetic_config
+
+    clf, conv, flow = featinv_runs
+    model, hp = load_model(clf.best_checkpoint)
+    g = torch.Generator().manual_seed(0)
+    data = {s: (torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for s, n in (("train", 40), ("test", 12))}
+    ctx = Context(model, lambda split: data[split], eval_split="test")
+    a = create_analysis("featinv", checkpoints=[conv.best_checkpoint, flow.best_checkpoint], n_eval=12, n_compare=5,
+                        samples=3, n_figure=4, inversion={"enabled": True, "reference": "mean", "tol": 1e-3,
+                                                          "max_iter": 20, "chunk": 5})
+    res = a.run(ctx)
+    m = res.metrics
+    x, y = ctx.eval_images(12), ctx.labels("test", 12)
+    # the deterministic decoder's numbers are reconstruction_metrics of module(encode(x)), recomputed here
+    dec = load_featinv(conv.best_checkpoint)
+    with torch.no_grad():
+        want, _ = reconstruction_metrics(model, "layers.0", x, dec(dec.encode(x)), labels=y)
+    assert m["layers.0/conv/ssim"] == pytest.approx(want["ssim"], abs=1e-6)
+    assert m["layers.0/conv/top1_label"] == pytest.approx(want["top1_label"])
+    assert m["layers.0/conv/cosine"] == pytest.approx(want["cosine_median"], abs=1e-6)
+    # the comparison uses the first n_compare of the same images for all three
+    data_out = res.data["layers.0"]
+    assert set(data_out) == {"conv", "flow", "inversion"} and len(data_out["inversion"].images) == 5
+    for kind in ("conv", "flow", "inversion"):
+        ssim5 = data_out[kind].per_sample["ssim"][:5].double().mean()
+        assert m[f"compare/layers.0/{kind}/ssim"] == pytest.approx(float(ssim5))
+    # inversion: success exactly where its re-measured residual meets the tolerance; it is a real solve
+    inv = data_out["inversion"]
+    assert torch.equal(inv.success, inv.per_sample["residual"] <= 1e-3)
+    assert m["compare/layers.0/inversion/success_rate"] > 0.5
+    assert m["compare/layers.0/inversion/residual_median"] < m["compare/layers.0/conv/residual_median"]
+    # flow: diversity is the mean per-pixel population std over the samples
+    fl = data_out["flow"]
+    assert fl.samples.shape == (5, 3, 1, 28, 28)
+    torch.testing.assert_close(fl.std, fl.samples.std(dim=1, unbiased=False))
+    assert m["layers.0/flow/diversity"] == pytest.approx(float(fl.std.flatten(1).mean(1).double().mean()))
+    assert "layers.0/grid" in res.figures and len(res.figures["layers.0/grid"].fig.axes) == 4 * (1 + 1 + 3 + 1 + 1)
+    assert len(res.tables["table"].rows) == 3 and any("optimisation inversion" in line for line in res.report)
+    # a decoder of another classifier is refused
+    other = train(synthetic_config(tmp_path / "other", epochs=1, extra=["logger=none", "test_after_fit=false",
+                                                                        "seed=5"]))
+    other_model, _ = load_model(other.best_checkpoint)
+    with pytest.raises(FslError, match="another classifier"):
+        create_analysis("featinv", checkpoints=[conv.best_checkpoint]).run(
+            Context(other_model, lambda split: data[split], eval_split="test"))
+    # no checkpoints: nothing computed, the report says how to give them
+    empty = create_analysis("featinv").run(ctx)
+    assert empty.metrics == {} and "analysis.featinv.checkpoints" in " ".join(empty.report)
