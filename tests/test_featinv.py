@@ -279,3 +279,20 @@ def test_featinv_analysis_scores_decoders_and_inversion_on_the_same_samples(feat
     # no checkpoints: nothing computed, the report says how to give them
     empty = create_analysis("featinv").run(ctx)
     assert empty.metrics == {} and "analysis.featinv.checkpoints" in " ".join(empty.report)
+
+
+def test_layer_inversion_keeps_the_models_batchnorm_mode_and_reports_its_own_residual():
+    """fsl.inversion restores the training mode of the module it is given; the layer wrapper must
+    carry the model's eval mode (a fresh nn.Module is in training mode, which would leave the
+    ResNet's BatchNorm in batch-statistics mode afterwards)."""
+    from fsl.featinv.evaluate import evaluate_inversion
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", input_shape=(1, 28, 28), mean=[0.5], std=[0.25]).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    r = evaluate_inversion(model, "pooled", x, None, torch.full((1, 28, 28), 0.5), max_iter=1, chunk=2)
+    assert not model.training and not any(m.training for m in model.modules())
+    with torch.no_grad():
+        f, t = model.feature_maps(r.images)["pooled"].double(), model.feature_maps(x)["pooled"].double()
+    torch.testing.assert_close(r.per_sample["residual"], (f - t).norm(dim=1) / t.norm(dim=1))
+    assert r.extra["method"] == "al+sqp"  # 64 features < 784 pixels (stage1-3 have more: "al")

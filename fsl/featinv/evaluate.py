@@ -24,6 +24,7 @@ class LayerFeatures(nn.Module):
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
         self.model, self.layer = model, str(layer)
+        self.train(model.training)  # a new Module is in training mode: keep the model's (BatchNorm) mode
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.model.feature_maps(x)[self.layer].flatten(1)
@@ -118,12 +119,13 @@ def evaluate_decoder(module, images: Tensor, labels: Tensor | None = None, *, ba
 
 
 def evaluate_inversion(model, layer: str, images: Tensor, labels: Tensor | None, reference: Tensor, *,
-                       tol: float = 1e-3, max_iter: int = 20, chunk: int = 50, seed: int = 0,
+                       tol: float = 1e-3, max_iter: int = 15, chunk: int = 50, seed: int = 0,
                        progress=None) -> MethodResult:
     """fsl's optimisation inversion (:func:`fsl.inversion.invert_to_features`, point mode) of each
     image's ``layer`` features, starting from and closest to ``reference`` (C, H, W). Layers with
     more features than pixels use the gradient-only augmented-Lagrangian solver (their Jacobian
-    would not fit); the others the default AL + SQP."""
+    would not fit); the others the default AL + SQP. ``max_iter`` outer iterations of each
+    (AL: 40 projected-Adam steps per outer iteration)."""
     from fsl.inversion import invert_to_features
 
     dev = next(model.parameters()).device
@@ -136,7 +138,7 @@ def evaluate_inversion(model, layer: str, images: Tensor, labels: Tensor | None,
     recs, success = [], []
     for i in range(0, len(x), chunk):
         r = invert_to_features(wrapped, targets[i:i + chunk], reference.to(dev), tol=tol, method=method,
-                               max_iter=max_iter, seed=int(seed) + i)
+                               max_iter=max_iter, al_iter=max_iter, seed=int(seed) + i)
         recs.append(r.images.clamp(0, 1))
         success.append(r.success.cpu())
         if progress is not None:

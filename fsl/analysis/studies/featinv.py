@@ -86,7 +86,7 @@ class FeatInvAnalysis(Analysis):
                 reference = self._reference(ctx, images, str(inv.get("reference", "mean")))
                 out[layer]["inversion"] = evaluate_inversion(
                     ctx.model, layer, images[:n_cmp], labels[:n_cmp], reference, tol=float(inv.get("tol", 1e-3)),
-                    max_iter=int(inv.get("max_iter", 20)), chunk=int(inv.get("chunk", 50)), seed=int(self.seed),
+                    max_iter=int(inv.get("max_iter", 15)), chunk=int(inv.get("chunk", 50)), seed=int(self.seed),
                     progress=bar)
             for kind, r in out[layer].items():
                 if kind != "inversion":
@@ -141,7 +141,7 @@ class FeatInvAnalysis(Analysis):
                  f"`featinv/<layer>/<decoder>/*`). residual = median of ||N_l(x_hat) - N_l(x)|| / ||N_l(x)|| at "
                  f"the layer; cosine = median re-encoded cosine (median over positions); diversity = mean "
                  f"per-pixel std over the samples; inversion: point mode from the "
-                 f"{inv.get('reference', 'mean')} image, tol {inv.get('tol', 1e-3)}, {inv.get('max_iter', 20)} "
+                 f"{inv.get('reference', 'mean')} image, tol {inv.get('tol', 1e-3)}, {inv.get('max_iter', 15)} "
                  f"outer iterations.", "",
                  "| layer | decoder | SSIM | PSNR | cosine | top-1 (pred) | top-1 (label) | residual | diversity | "
                  "success | s/image |", "|---|---|---|---|---|---|---|---|---|---|---|"]
