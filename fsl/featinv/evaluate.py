@@ -124,8 +124,8 @@ def evaluate_inversion(model, layer: str, images: Tensor, labels: Tensor | None,
     """fsl's optimisation inversion (:func:`fsl.inversion.invert_to_features`, point mode) of each
     image's ``layer`` features, starting from and closest to ``reference`` (C, H, W). Layers with
     more features than pixels use the gradient-only augmented-Lagrangian solver (their Jacobian
-    would not fit); the others the default AL + SQP. ``max_iter`` outer iterations of each
-    (AL: 40 projected-Adam steps per outer iteration)."""
+    would not fit: no Gauss-Newton polish either); the others the default AL + SQP. ``max_iter``
+    outer iterations of each (AL: 40 projected-Adam steps per outer iteration)."""
     from fsl.inversion import invert_to_features
 
     dev = next(model.parameters()).device
@@ -138,7 +138,7 @@ def evaluate_inversion(model, layer: str, images: Tensor, labels: Tensor | None,
     recs, success = [], []
     for i in range(0, len(x), chunk):
         r = invert_to_features(wrapped, targets[i:i + chunk], reference.to(dev), tol=tol, method=method,
-                               max_iter=max_iter, al_iter=max_iter, seed=int(seed) + i)
+                               max_iter=max_iter, al_iter=max_iter, al_polish=0, seed=int(seed) + i)
         recs.append(r.images.clamp(0, 1))
         success.append(r.success.cpu())
         if progress is not None:
