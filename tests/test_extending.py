@@ -27,6 +27,8 @@ def blocks(kind: str) -> tuple[str, dict]:
 
 @pytest.fixture
 def registries():
+    import fsl.analysis.studies  # noqa: F401  (register the built-in analyses before the snapshot)
+
     saved = [(r, dict(r)) for r in (ATTACKS, DETECTORS, MODELS, ANALYSES)]
     yield
     for reg, copy in saved:

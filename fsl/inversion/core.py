@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_images, check_values, feature_jacobian, features_of, frozen_eval, vjp_rows
+from fsl.inversion._common import (check_images, check_values, feature_jacobian, features_of, frozen_eval, spd_solve,
+                                  vjp_rows)
 
 MODES = ("point", "ball", "sphere")
 METHODS = ("al+sqp", "sqp", "al")
@@ -178,7 +179,7 @@ def _linearised_step(x, xr, c, J, mu):
         scale = A.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)
         A = A + (mu * scale).view(B, 1, 1) * eye
         Je = (Jf @ ef.unsqueeze(2)).squeeze(2)
-        sol = torch.linalg.solve(A, torch.stack([c, Je], dim=2))  # (B, m, 2)
+        sol = spd_solve(A, torch.stack([c, Je], dim=2))  # (B, m, 2)
         lam = sol[..., 0] - sol[..., 1]
         dn = -(Jf.transpose(1, 2) @ sol[..., :1]).squeeze(2) * free
         dt = (-ef + (Jf.transpose(1, 2) @ sol[..., 1:]).squeeze(2)) * free
@@ -192,7 +193,7 @@ def _linearised_step(x, xr, c, J, mu):
 
 def _chord(A, Jf, c):
     """Gauss-Newton correction with a frozen Jacobian: ``-J_F^T A^{-1} c`` (B, p)."""
-    return -(Jf.transpose(1, 2) @ torch.linalg.solve(A, c.unsqueeze(2))).squeeze(2)
+    return -(Jf.transpose(1, 2) @ spd_solve(A, c.unsqueeze(2))).squeeze(2)
 
 
 def _sqp(problem: _Problem, x0: torch.Tensor, xr: torch.Tensor, abs_tol: torch.Tensor,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval
+from fsl.inversion._common import (check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval,
+                                  spd_solve)
 
 
 @dataclass
@@ -205,7 +206,7 @@ def _gauss_newton_to(model, x, target, tol_abs, max_iter=20, box=True, mu_rel=1e
             A = Jf @ Jf.transpose(1, 2)
             sc = A.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-300)
             A = A + (mu_rel * sc).view(-1, 1, 1) * torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
-            d = -(Jf.transpose(1, 2) @ torch.linalg.solve(A, c.unsqueeze(2))).squeeze(2) * free
+            d = -(Jf.transpose(1, 2) @ spd_solve(A, c.unsqueeze(2))).squeeze(2) * free
             if not box:
                 break
             newly = free & ((at_lo & (d < 0)) | (at_hi & (d > 0)))
