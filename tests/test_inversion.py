@@ -229,23 +229,3 @@ def test_inversion_on_cuda(trained):
     res = invert_to_features(m, t, refs)
     assert res.images.device.type == "cuda" and bool(res.success.all())
 
-
-def test_spd_solve_survives_set_num_threads():
-    """Batched LU of PyTorch's MKL CPU build breaks for matrices above ~150 once set_num_threads was
-    called (invalid pivots or a hang); the Gauss-Newton systems are solved by Cholesky instead and
-    must give the per-matrix solution whatever the thread setting."""
-    from fsl.inversion._common import spd_solve
-
-    g = torch.Generator().manual_seed(0)
-    M = torch.randn(4, 256, 300, dtype=torch.float64, generator=g)
-    A = M @ M.transpose(1, 2) + 1e-3 * torch.eye(256, dtype=torch.float64)
-    A[3] = torch.diag(torch.linspace(-1.0, 1.0, 256, dtype=torch.float64)) + 3e-3  # indefinite: the LU fallback
-    rhs = torch.randn(4, 256, 2, dtype=torch.float64, generator=g)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        x = spd_solve(A, rhs)
-    finally:
-        torch.set_num_threads(threads)
-    for i in range(4):
-        torch.testing.assert_close(A[i] @ x[i], rhs[i], rtol=0, atol=1e-8)

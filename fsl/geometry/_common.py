@@ -61,3 +61,32 @@ def float32_products_fit(f: int, *tensors: torch.Tensor) -> bool:
     norms and dot products of the float32 filters (balls) and pricing (hull) cannot overflow."""
     m = max((float(t.abs().max()) for t in tensors if t.numel()), default=0.0)
     return max(int(f), 1) * m * m <= FLOAT32_SAFE_SQ
+
+
+# PyTorch's CPU build with MKL: once ``torch.set_num_threads`` has been called in the process
+# (Lightning does so in DDP workers), its batched LU (``torch.linalg.solve``, ``lu_factor`` on a batch)
+# of matrices larger than about 150 returns invalid pivots ("Pivots given to lu_solve must all be
+# greater or equal to 1"), wrong factors, or hangs. Batched Cholesky and single-matrix LU are not
+# affected, and neither are batched LUs of matrices up to this size (checked up to 129):
+_BATCHED_LU_MAX = 128
+
+
+def batched_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve(A, rhs)`` for a batch ``A`` (B, n, n), ``rhs`` (B, n) or (B, n, k): one
+    batched call for ``n <= 128`` and on CUDA, else one LU per matrix on the CPU (the same LAPACK
+    factorisation per matrix, without the batched path that breaks after ``set_num_threads``)."""
+    if A.shape[-1] <= _BATCHED_LU_MAX or A.device.type != "cpu" or A.dim() < 3 or A.shape[0] <= 1:
+        return torch.linalg.solve(A, rhs)
+    return torch.stack([torch.linalg.solve(A[i], rhs[i]) for i in range(A.shape[0])])
+
+
+def spd_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``A^{-1} rhs`` for a batch of symmetric positive definite ``A`` (B, m, m), ``rhs`` (B, m, k),
+    by batched Cholesky (the ``J J^T + mu I`` systems of the Gauss-Newton and SQP steps; safe for
+    any size, see :func:`batched_solve`). A matrix that Cholesky rejects (not positive definite in
+    floating point) is solved on its own by LU."""
+    L, info = torch.linalg.cholesky_ex(A)
+    out = torch.cholesky_solve(rhs, L)
+    for i in (info != 0).nonzero().flatten().tolist():
+        out[i] = torch.linalg.solve(A[i], rhs[i])
+    return out

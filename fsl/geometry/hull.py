@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import check_finite, float32_matmul_is_exact, float32_products_fit
+from ._common import batched_solve, check_finite, float32_matmul_is_exact, float32_products_fit
 
 Tensor = torch.Tensor
 
@@ -99,7 +99,7 @@ def _restricted_solve(E: Tensor, valid: Tensor, a: Tensor, max_iter: int, add_pe
         Mx[:, K, :K] = Pf
         rhs = torch.zeros((Ml, K + 1), dtype=dt, device=dev)
         rhs[:, K] = 1.0
-        sol = torch.linalg.solve(Mx, rhs)
+        sol = batched_solve(Mx, rhs)
         alpha = sol[:, :K] * Pf
         feasible = ~((alpha <= 0) & Pl).any(1)
         # infeasible target: ratio test towards alpha, drop the blocking indices

@@ -173,21 +173,3 @@ def vjp_rows(model: nn.Module, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.
         (g,) = torch.autograd.grad((feats * u.to(feats.dtype)).sum(), xg)
     return feats.detach(), g.reshape(x.shape[0], -1)
 
-
-def spd_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``A^{-1} rhs`` for a batch of symmetric positive definite ``A`` (B, m, m), ``rhs`` (B, m, k),
-    by Cholesky (``J J^T + mu I`` systems of the Gauss-Newton and SQP steps).
-
-    Cholesky is the right factorisation for these systems, and it avoids a failure of the batched
-    LU (``torch.linalg.solve``) of PyTorch's CPU build with MKL: once ``torch.set_num_threads`` has
-    been called in the process (Lightning does so in DDP workers), batched LU of matrices larger
-    than about 150 returns invalid pivots ("Pivots given to lu_solve must all be greater or equal
-    to 1"), wrong factors, or hangs. Batched Cholesky and single-matrix LU are unaffected. A matrix
-    that Cholesky rejects (not positive definite in floating point) is solved on its own by LU.
-    """
-    L, info = torch.linalg.cholesky_ex(A)
-    out = torch.cholesky_solve(rhs, L)
-    bad = (info != 0).nonzero().flatten().tolist()
-    for i in bad:
-        out[i] = torch.linalg.solve(A[i], rhs[i])
-    return out

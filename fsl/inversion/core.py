@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fsl.inversion._common import (check_images, check_values, feature_jacobian, features_of, frozen_eval, spd_solve,
+from fsl.geometry._common import spd_solve
+from fsl.inversion._common import (check_images, check_values, feature_jacobian, features_of, frozen_eval,
                                   vjp_rows)
 
 MODES = ("point", "ball", "sphere")

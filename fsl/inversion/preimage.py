@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import (check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval,
-                                  spd_solve)
+from fsl.geometry._common import spd_solve
+from fsl.inversion._common import check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval
 
 
 @dataclass
