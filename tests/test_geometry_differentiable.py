@@ -1,0 +1,101 @@
+"""Gradients of the exact flip distances (fsl.geometry.differentiable_flip_distances): torch
+gradcheck in float64 (with active bounds and several active constraints), agreement with
+cvxpylayers on the same QPs, and the two-class closed form."""
+import pytest
+import torch
+
+from fsl.geometry import flip_margins
+from fsl.geometry.differentiable import differentiable_flip_distances
+
+D64 = torch.float64
+
+
+def problem(seed, f=5, n=4, B=6, bounded=False):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, f, generator=g, dtype=D64)
+    b = torch.randn(n, generator=g, dtype=D64)
+    if bounded:  # small positive features: the flip points hit the bound y >= 0
+        return 0.2 + 0.3 * torch.rand(B, f, generator=g, dtype=D64), W, b
+    return torch.randn(B, f, generator=g, dtype=D64), W, b
+
+
+def finite_sum(X, W, b, lo, weights):
+    d = differentiable_flip_distances(X, W, b, lower=lo).distances
+    keep = torch.isfinite(d)
+    return (torch.where(keep, d, torch.zeros_like(d)) * weights).sum()
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_gradcheck(bounded):
+    X, W, b = problem(4, bounded=bounded)
+    lo = 0.0 if bounded else None
+    res = flip_margins(X, W, b, lower=lo, return_points=True)
+    if bounded:  # the test covers active bounds and pairs with more than one active constraint
+        assert int((res.points == 0).sum()) >= 10
+    assert bool(((res.multipliers.abs() > 1e-9).sum(2) >= 2).any())
+    weights = torch.rand(X.shape[0], W.shape[0], generator=torch.Generator().manual_seed(2), dtype=D64)
+    Xr, Wr, br = (t.clone().requires_grad_(True) for t in (X, W, b))
+    assert torch.autograd.gradcheck(lambda x, w, c: finite_sum(x, w, c, lo, weights), (Xr, Wr, br),
+                                    eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_two_class_closed_form():
+    # two classes, no box: d = |(w0 - w1).x + b0 - b1| / ||w0 - w1||
+    g = torch.Generator().manual_seed(4)
+    W, b, X = torch.randn(2, 3, generator=g, dtype=D64), torch.randn(2, generator=g, dtype=D64), \
+        torch.randn(5, 3, generator=g, dtype=D64)
+    Xr, Wr, br = (t.clone().requires_grad_(True) for t in (X, W, b))
+    res = differentiable_flip_distances(Xr, Wr, br)
+    res.margin.sum().backward()
+    Xc, Wc, bc = (t.clone().requires_grad_(True) for t in (X, W, b))
+    a = Wc[0] - Wc[1]
+    closed = ((Xc @ a + bc[0] - bc[1]).abs() / a.norm()).sum()
+    closed.backward()
+    torch.testing.assert_close(res.margin.sum(), closed.detach(), rtol=0, atol=1e-12)
+    for got, want in ((Xr.grad, Xc.grad), (Wr.grad, Wc.grad), (br.grad, bc.grad)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_nonsmooth_pairs_get_zero_and_are_flagged():
+    # class 2 never borders class 0 inside y >= 0 (its boundary lies in the negative orthant)
+    W = torch.tensor([[1.0, 1.0], [0.0, 0.0], [-5.0, -5.0]], dtype=D64)
+    b = torch.tensor([0.0, 0.5, -50.0], dtype=D64)
+    X = torch.tensor([[2.0, 1.0]], dtype=D64, requires_grad=True)
+    res = differentiable_flip_distances(X, W, b, lower=0.0)
+    assert res.pred.tolist() == [0] and torch.isinf(res.distances[0, 2]) and bool(res.nonsmooth[0, 2])
+    assert not bool(res.nonsmooth[0, 1]) and not bool(res.nonsmooth[0, 0])
+    d = res.distances[0, 1:]
+    torch.where(torch.isfinite(d), d, torch.zeros_like(d)).sum().backward()
+    assert torch.isfinite(X.grad).all() and X.grad.abs().sum() > 0
+
+
+def test_agrees_with_cvxpylayers():
+    cp = pytest.importorskip("cvxpy")
+    layers = pytest.importorskip("cvxpylayers.torch")
+    X, W, b = problem(4, B=3, bounded=True)
+    res = flip_margins(X, W, b, lower=0.0)
+    f = W.shape[1]
+    for s in range(X.shape[0]):
+        i = int(res.pred[s])
+        for j in range(W.shape[0]):
+            if j == i or not torch.isfinite(res.distances[s, j]):
+                continue
+            others = [k for k in range(W.shape[0]) if k not in (i, j)]
+            y, x = cp.Variable(f), cp.Parameter(f)
+            A = cp.Parameter((len(others), f))
+            c = cp.Parameter(len(others))
+            aj, cj = cp.Parameter(f), cp.Parameter()
+            prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(y - x)),
+                              [aj @ y + cj == 0, A @ y + c >= 0, y >= 0])
+            layer = layers.CvxpyLayer(prob, parameters=[x, A, c, aj, cj], variables=[y],
+                                      solver_args={"solve_method": "Clarabel", "tol_gap_abs": 1e-12,
+                                                   "tol_gap_rel": 1e-12, "tol_feas": 1e-12})
+            xs, Ws, bs = (t.clone().requires_grad_(True) for t in (X[s], W, b))
+            ys, = layer(xs, Ws[i] - Ws[others], bs[i] - bs[others], Ws[i] - Ws[j], bs[i] - bs[j],
+                        )
+            (ys - xs).norm().backward()
+            xo, Wo, bo = (t.clone().requires_grad_(True) for t in (X, W, b))
+            differentiable_flip_distances(xo, Wo, bo, lower=0.0).distances[s, j].backward()
+            torch.testing.assert_close(xo.grad[s], xs.grad, rtol=0, atol=1e-6)
+            torch.testing.assert_close(Wo.grad, Ws.grad, rtol=0, atol=1e-6)
+            torch.testing.assert_close(bo.grad, bs.grad, rtol=0, atol=1e-6)
