@@ -42,14 +42,32 @@ class ClassifierModule(pl.LightningModule):
         scheduler: ``{"name": "none"|"cosine"|"multistep"|"onecycle", ...}`` (stepped per batch
             for ``onecycle``, per epoch otherwise).
         data: the data set's kwargs, kept so that analysis can rebuild the data from the checkpoint.
+        loss: ``{"margin": {"weight": w, "target": m}}``: with ``w > 0`` the training loss is
+            ``CE + w * mean_s [pred_s = y_s] * relu(m - d_min(s))``, a hinge on the exact
+            feature-space margin of every correctly classified batch sample
+            (:func:`fsl.geometry.differentiable_flip_distances`, in the model's feature domain,
+            gradients to the features and the head); logged as ``train/margin_loss`` and
+            ``train/margin_median``. Misclassified samples are left to the cross-entropy (their
+            margin is the distance to the wrong class's boundary).
     """
 
     def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
-                 data: dict | None = None):
+                 data: dict | None = None, loss: dict | None = None):
         super().__init__()
-        model, optimizer, scheduler, data = (_plain(v) for v in (model, optimizer or {"name": "adam", "lr": 1e-3},
-                                                                  scheduler or {"name": "none"}, data or {}))
-        self.save_hyperparameters({"model": model, "optimizer": optimizer, "scheduler": scheduler, "data": data})
+        model, optimizer, scheduler, data, loss = (
+            _plain(v) for v in (model, optimizer or {"name": "adam", "lr": 1e-3}, scheduler or {"name": "none"},
+                                data or {}, loss or {}))
+        margin = {"weight": 0.0, "target": 1.0, **(loss.get("margin") or {})}
+        unknown = set(loss) - {"margin"} or set(margin) - {"weight", "target"}
+        if unknown:
+            raise ValueError(f"unknown loss keys {sorted(unknown)}; valid: loss.margin.weight, loss.margin.target")
+        if not (float(margin["weight"]) >= 0 and float(margin["target"]) > 0):
+            raise ValueError(f"loss.margin: weight must be >= 0 and target > 0, got {margin}")
+        hp = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "data": data}
+        if float(margin["weight"]) > 0:  # checkpoints of plain cross-entropy runs keep their old hyperparameters
+            hp["loss"] = {"margin": margin}
+        self.save_hyperparameters(hp)
+        self.margin_weight, self.margin_target = float(margin["weight"]), float(margin["target"])
         self.net: FeatureClassifier = create_model(**model)
         n = self.net.num_classes
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
@@ -60,10 +78,29 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def _margin_hinge(self, features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``mean_s [pred_s = y_s] relu(target - d_min(s))`` on the exact margins (see the class doc)."""
+        from fsl.geometry import differentiable_flip_distances
+
+        head, dom = self.net.head, self.net.feature_domain
+        res = differentiable_flip_distances(features, head.weight, head.bias, lower=dom.lower, upper=dom.upper)
+        ok = (res.pred == y) & torch.isfinite(res.margin)
+        hinge = torch.where(ok, (self.margin_target - res.margin).clamp_min(0), torch.zeros_like(res.margin))
+        if ok.any():
+            self.log("train/margin_median", res.margin[ok].median(), on_step=False, on_epoch=True, batch_size=len(y))
+        return hinge.mean().to(logits.dtype)
+
     def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        if stage == "train" and self.margin_weight > 0:
+            features = self.net.forward_features(x)
+            logits = self.net.forward_head(features)
+            hinge = self._margin_hinge(features, logits, y)
+            self.log("train/margin_loss", hinge, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = F.cross_entropy(logits, y) + self.margin_weight * hinge
+        else:
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage}/loss is {loss.item()}: training diverged; lower optimizer.lr "
                                      f"(now {self.hparams.optimizer.get('lr')}) or check the data")

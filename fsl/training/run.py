@@ -49,7 +49,7 @@ def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
         return featinv_module(to_plain(cfg.featinv), data=_without_target(cfg.data))
     model_spec = {**datamodule.model_kwargs(), **_without_target(cfg.model)}
     return ClassifierModule(model=model_spec, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
-                            data=_without_target(cfg.data))
+                            data=_without_target(cfg.data), loss=to_plain(cfg.get("loss")))
 
 
 def _targets(cfg: DictConfig, group: str, hint: str):
