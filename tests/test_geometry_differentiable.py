@@ -99,3 +99,53 @@ def test_agrees_with_cvxpylayers():
             torch.testing.assert_close(xo.grad[s], xs.grad, rtol=0, atol=1e-6)
             torch.testing.assert_close(Wo.grad, Ws.grad, rtol=0, atol=1e-6)
             torch.testing.assert_close(bo.grad, bs.grad, rtol=0, atol=1e-6)
+
+
+def hull_problem(seed=0, f=3, N=7, Q=5):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(N, f, generator=g, dtype=D64)
+    Qs = 1.5 * torch.randn(Q, f, generator=g, dtype=D64)
+    Qs[0] = D[:3].mean(0)  # inside the hull
+    Qs[1] = D[0] + 3.0 * (D[0] - D.mean(0))  # outside, beyond a vertex
+    return Qs, D
+
+
+def test_hull_gradcheck_queries_and_points():
+    from fsl.geometry import hull_distances
+    from fsl.geometry.differentiable import differentiable_hull_distances
+
+    Qs, D = hull_problem()
+    res = hull_distances(Qs, D, tol=1e-13)
+    sizes = (res.support_index >= 0).sum(1)
+    assert res.certified[1:].all() and {1, 2, 3} <= set(sizes[1:].tolist())  # projections on a vertex, edge, face
+    assert hull_distances(Qs, D).inside.tolist() == [True, False, False, False, False]
+    out = differentiable_hull_distances(Qs, D)
+    assert out.nonsmooth.tolist() == [True, False, False, False, False]
+    Qr, Dr = Qs[1:].clone().requires_grad_(True), D.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q, d: differentiable_hull_distances(q, d, tol=1e-13).distance,
+                                    (Qr, Dr), eps=1e-6, atol=1e-6, rtol=1e-5)
+    Qi = Qs[:1].clone().requires_grad_(True)
+    differentiable_hull_distances(Qi, D).distance.sum().backward()
+    assert torch.equal(Qi.grad, torch.zeros_like(Qi))  # inside: the documented subgradient 0
+
+
+def test_hull_gradients_agree_with_cvxpylayers():
+    cp = pytest.importorskip("cvxpy")
+    layers = pytest.importorskip("cvxpylayers.torch")
+    from fsl.geometry.differentiable import differentiable_hull_distances
+
+    Qs, D = hull_problem(seed=5)
+    N, f = D.shape
+    a, q, Dp = cp.Variable(N), cp.Parameter(f), cp.Parameter((N, f))
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(q - Dp.T @ a)), [a >= 0, cp.sum(a) == 1])
+    layer = layers.CvxpyLayer(prob, parameters=[q, Dp], variables=[a],
+                              solver_args={"solve_method": "Clarabel", "tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12,
+                                           "tol_feas": 1e-12})
+    for s in range(1, Qs.shape[0]):
+        qs, Ds = Qs[s].clone().requires_grad_(True), D.clone().requires_grad_(True)
+        aw, = layer(qs, Ds)
+        (qs - Ds.T @ aw).norm().backward()
+        qo, Do = Qs[s:s + 1].clone().requires_grad_(True), D.clone().requires_grad_(True)
+        differentiable_hull_distances(qo, Do, tol=1e-13).distance.sum().backward()
+        torch.testing.assert_close(qo.grad[0], qs.grad, rtol=0, atol=1e-6)
+        torch.testing.assert_close(Do.grad, Ds.grad, rtol=0, atol=1e-6)

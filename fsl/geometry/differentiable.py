@@ -1,4 +1,6 @@
-"""Exact flip distances as a differentiable function of the features and of the linear head.
+"""Exact flip distances and hull distances as differentiable functions of their inputs.
+
+**Flip distances** (features and the linear head).
 
 The distance from a feature ``x`` (predicted class ``i``) to the ``i|j`` boundary is the value of
 the QP of :func:`fsl.geometry.flip_margins`,
@@ -19,6 +21,11 @@ and ``d d / d theta = (dV / d theta) / d``. The box does not depend on ``x, W, b
 multipliers do not enter. No second solve, no KKT system: the backward pass costs a few tensor
 products on the flip points the forward pass already has.
 
+**Hull distances** (queries and the points). For ``V(q, D) = min_{a in simplex} 1/2 ||q - a^T D||^2``
+with the projection ``p = a*^T D`` the same theorem gives ``dV/dq = q - p`` and
+``dV/dD_k = -a*_k (q - p)``; ``d_h = sqrt(2 V)``. A query inside the hull (``d_h = 0``) gets the
+subgradient 0 and is flagged; so is an uncertified one.
+
 Where the derivative is not defined, a documented subgradient is returned and flagged
 (:attr:`FlipDistances.nonsmooth`): ``d = 0`` (the sample sits on the boundary: gradient 0),
 ``d = +inf`` (no boundary inside the domain: gradient 0), uncertified pairs (gradient 0). The
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from .flip import flip_margins
+from .hull import hull_distances
 
 Tensor = torch.Tensor
 
@@ -107,4 +115,52 @@ def differentiable_flip_distances(features: Tensor, weight: Tensor, bias: Tensor
     return FlipDistances(distances=d, margin=dd.min(1).values, pred=pred, nonsmooth=nonsmooth, certified=cert)
 
 
-__all__ = ["FlipDistances", "differentiable_flip_distances"]
+class _HullDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, points, kwargs):
+        res = hull_distances(queries, points, **kwargs)
+        d = res.distance
+        ok = (d > res.stats.get("inside_tol", 0.0)) & res.certified
+        ctx.save_for_backward(queries.detach().to(d.dtype), res.projection.to(d.dtype), res.support_index,
+                              res.support_weight.to(d.dtype), d, ok)
+        ctx.meta = (queries.dtype, points.shape, points.dtype)
+        nonsmooth = ~ok
+        ctx.mark_non_differentiable(res.certified, nonsmooth)
+        return d, res.certified, nonsmooth
+
+    @staticmethod
+    def backward(ctx, grad_d, _grad_cert, _grad_nonsmooth):
+        q, p, idx, w, d, ok = ctx.saved_tensors
+        qdtype, pshape, pdtype = ctx.meta
+        g = torch.where(ok, grad_d.to(d.dtype) / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d))
+        u = g[:, None] * (q - p)  # (Q, f): the gradient of each distance with respect to its query
+        gq = u.to(qdtype) if ctx.needs_input_grad[0] else None
+        gD = None
+        if ctx.needs_input_grad[1]:
+            valid = idx >= 0
+            contrib = -(torch.where(valid, w, torch.zeros_like(w))[:, :, None] * u[:, None, :])  # (Q, K, f)
+            gD = torch.zeros(pshape, dtype=d.dtype, device=d.device)
+            gD.index_add_(0, idx.clamp_min(0).flatten(), contrib.reshape(-1, pshape[1]))
+            gD = gD.to(pdtype)
+        return gq, gD, None
+
+
+@dataclass
+class HullDistances:
+    """Output of :func:`differentiable_hull_distances`: ``distance`` ``(Q,)`` float64 (differentiable),
+    ``certified`` ``(Q,)``, ``nonsmooth`` ``(Q,)`` (inside the hull or uncertified: gradient 0)."""
+
+    distance: Tensor
+    certified: Tensor
+    nonsmooth: Tensor
+
+
+def differentiable_hull_distances(queries: Tensor, points: Tensor, **solver_kwargs) -> HullDistances:
+    """Distances ``(Q,)`` from ``queries`` ``(Q, f)`` to the convex hull of ``points`` ``(N, f)``
+    (as :func:`fsl.geometry.hull_distances`, ``solver_kwargs`` go to it) that autograd can
+    differentiate with respect to both (envelope theorem, see the module docstring)."""
+    d, cert, nonsmooth = _HullDistance.apply(queries, points, solver_kwargs)
+    return HullDistances(distance=d, certified=cert, nonsmooth=nonsmooth)
+
+
+__all__ = ["FlipDistances", "differentiable_flip_distances", "HullDistances", "differentiable_hull_distances"]
