@@ -5,6 +5,7 @@ import torch
 
 from fsl.data import create_datamodule
 from fsl.geometry import flip_margins
+from fsl.models.base import LinearHead
 from fsl.training import load_model, train
 from tests.helpers import synthetic_config
 
@@ -16,8 +17,8 @@ def median_margin(ckpt) -> tuple[float, float]:
     x, y = next(iter(dm.val_dataloader()))
     with torch.no_grad():
         feats = model.forward_features(x)
-    dom = model.feature_domain
-    res = flip_margins(feats, model.head.weight, model.head.bias, lower=dom.lower, upper=dom.upper)
+    head = LinearHead.from_model(model)
+    res = flip_margins(feats, head.weight, head.bias, *head.bounds)
     assert res.all_certified
     ok = res.pred == y
     return float(res.margin[ok].median()), float(ok.double().mean())

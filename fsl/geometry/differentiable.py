@@ -74,11 +74,13 @@ class _FlipDistance(torch.autograd.Function):
         ok = torch.isfinite(d) & (d > 0) & res.certified
         ctx.save_for_backward(features.detach().to(d.dtype), res.points, res.multipliers, d, ok, res.pred)
         ctx.shapes = (features.dtype, weight.shape, weight.dtype, bias.dtype)
-        ctx.mark_non_differentiable(res.pred, res.certified)
-        return d, res.pred, res.certified
+        # the predicted class itself is no pair: NaN distance, not flagged
+        nonsmooth = ~ok & (torch.arange(d.shape[1], device=d.device)[None, :] != res.pred[:, None])
+        ctx.mark_non_differentiable(res.pred, res.certified, nonsmooth)
+        return d, res.pred, res.certified, nonsmooth
 
     @staticmethod
-    def backward(ctx, grad_d, _grad_pred, _grad_cert):
+    def backward(ctx, grad_d, _grad_pred, _grad_cert, _grad_nonsmooth):
         x, y, mu, d, ok, pred = ctx.saved_tensors
         fdtype, wshape, wdtype, bdtype = ctx.shapes
         n = wshape[0]
@@ -107,10 +109,7 @@ def differentiable_flip_distances(features: Tensor, weight: Tensor, bias: Tensor
     differentiate with respect to ``features`` ``(B, f)``, ``weight`` ``(n, f)`` and ``bias``
     ``(n,)`` (envelope theorem, see the module docstring). ``lower``/``upper``: the feature domain
     (constants). ``solver_kwargs`` go to :func:`flip_margins`. Distances are float64."""
-    d, pred, cert = _FlipDistance.apply(features, weight, bias, lower, upper, solver_kwargs)
-    nonsmooth = ~(torch.isfinite(d) & (d > 0) & cert)
-    ar = torch.arange(d.shape[1], device=d.device)
-    nonsmooth = nonsmooth & (ar[None, :] != pred[:, None])
+    d, pred, cert, nonsmooth = _FlipDistance.apply(features, weight, bias, lower, upper, solver_kwargs)
     dd = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)
     return FlipDistances(distances=d, margin=dd.min(1).values, pred=pred, nonsmooth=nonsmooth, certified=cert)
 

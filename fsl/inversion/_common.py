@@ -172,4 +172,3 @@ def vjp_rows(model: nn.Module, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.
         feats = model.forward_features(xg)
         (g,) = torch.autograd.grad((feats * u.to(feats.dtype)).sum(), xg)
     return feats.detach(), g.reshape(x.shape[0], -1)
-

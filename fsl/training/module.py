@@ -78,7 +78,7 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _margin_hinge(self, features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _margin_hinge(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``mean_s [pred_s = y_s] relu(target - d_min(s))`` on the exact margins (see the class doc)."""
         from fsl.geometry import differentiable_flip_distances
 
@@ -88,14 +88,14 @@ class ClassifierModule(pl.LightningModule):
         hinge = torch.where(ok, (self.margin_target - res.margin).clamp_min(0), torch.zeros_like(res.margin))
         if ok.any():
             self.log("train/margin_median", res.margin[ok].median(), on_step=False, on_epoch=True, batch_size=len(y))
-        return hinge.mean().to(logits.dtype)
+        return hinge.mean().to(features.dtype)
 
     def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         if stage == "train" and self.margin_weight > 0:
             features = self.net.forward_features(x)
             logits = self.net.forward_head(features)
-            hinge = self._margin_hinge(features, logits, y)
+            hinge = self._margin_hinge(features, y)
             self.log("train/margin_loss", hinge, on_step=False, on_epoch=True, batch_size=len(y))
             loss = F.cross_entropy(logits, y) + self.margin_weight * hinge
         else:
