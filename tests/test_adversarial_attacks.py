@@ -254,6 +254,32 @@ def test_margin_pgd_raises_the_exact_margin(trained):
         margins(pgd.adv_images, pgd.success).median())
 
 
+def test_apgd_dlr_sees_through_a_saturated_softmax(trained):
+    """Logits scaled by 1e4 (the decision regions unchanged): float32 softmax saturates, PGD's
+    cross-entropy gradient is exactly 0 and PGD finds (almost) nothing; APGD with the
+    scale-invariant DLR loss (Croce & Hein, arXiv 2003.01690) attacks as it does on the plain model."""
+    model, _, _, Xte, yte, _ = trained
+    x, y = correct_subset(model, Xte, yte, 48)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, z):
+            return 1e4 * self.m(z)
+
+    scaled = Scaled(model).eval()
+    pgd_s = run_attack(scaled, x, y, "pgd", eps=0.1, steps=20)
+    apgd_s = run_attack(scaled, x, y, "apgd", eps=0.1, steps=20)
+    apgd_p = run_attack(model, x, y, "apgd", eps=0.1, steps=20)
+    pgd_p = run_attack(model, x, y, "pgd", eps=0.1, steps=20)
+    assert float((apgd_s.adv_images - x).abs().max()) <= 0.1 + 1e-6
+    assert float(pgd_p.success.float().mean()) >= 0.5  # the budget is large enough on the plain model
+    assert float(pgd_s.success.float().mean()) <= 0.5 * float(pgd_p.success.float().mean())  # masked
+    assert float(apgd_s.success.float().mean()) >= 0.9 * float(apgd_p.success.float().mean())
+
+
 def test_model_mode_params_and_grads_restored(trained):
     model, _, _, Xte, yte, _ = trained
     x, y = correct_subset(model, Xte, yte, 4)
@@ -261,7 +287,8 @@ def test_model_mode_params_and_grads_restored(trained):
     model.layers[1].eval()  # a mixed state that model.train() would destroy
     model.layers[0].weight.requires_grad_(False)
     small = {"deepfool": {"steps": 2}, "deepfool_torchattacks": {"steps": 2}, "pgd": {"steps": 2},
-             "pgd_l2": {"steps": 2}, "cw": {"steps": 2, "binary_steps": 1}, "margin_pgd": {"steps": 2}}
+             "pgd_l2": {"steps": 2}, "cw": {"steps": 2, "binary_steps": 1}, "margin_pgd": {"steps": 2},
+             "apgd": {"steps": 2}, "apgd_l2": {"steps": 2}}
     assert set(small) == set(ATTACKS)
     try:
         for name, params in small.items():

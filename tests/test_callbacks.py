@@ -48,7 +48,8 @@ def test_adversarial_keys_are_logged(fitted):
     from fsl.adversarial import SCORES, load_suite
 
     suite = load_suite("mnist")
-    assert set(suite) == {"deepfool", "pgd_01", "pgd_02", "pgd_03", "pgd_l2", "cw", "margin_pgd"}
+    assert set(suite) == {"deepfool", "pgd_01", "pgd_02", "pgd_03", "pgd_l2", "apgd_01", "apgd_l2", "cw",
+                          "margin_pgd"}
     for attack in suite:
         keys = ["success_rate", "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "l2/median",
                 "linf/median", "gap/median", "seconds"]
