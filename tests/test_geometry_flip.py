@@ -218,3 +218,22 @@ def test_float32_input_and_chunks():
     a2 = flip_margins(X.float().double(), W.float().double(), b.float().double(), lower=0.0)
     assert torch.allclose(torch.nan_to_num(c.distances, nan=-1.0), torch.nan_to_num(a2.distances, nan=-1.0), atol=1e-12)
     assert a.certified.all() and c.certified.all()
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_margin_only_skips_pairs_and_keeps_the_margin(bounded):
+    X, W, b = problem(11, 8, 10, 300, bounded)
+    lo = 0.0 if bounded else None
+    full = flip_margins(X, W, b, lower=lo, return_points=True)
+    fast = flip_margins(X, W, b, lower=lo, return_points=True, margin_only=True)
+    assert fast.stats["skipped"] > 0 and fast.stats["newton"] + fast.stats["skipped"] == full.stats["newton"]
+    assert torch.equal(fast.margin, full.margin) and torch.equal(fast.closest, full.closest)
+    assert bool(fast.certified.all())
+    rows = torch.arange(X.shape[0])[fast.closest >= 0]
+    cl = fast.closest[rows]
+    assert torch.equal(fast.points[rows, cl], full.points[rows, cl])
+    skipped = torch.isnan(fast.distances) & ~torch.isnan(full.distances)
+    assert int(skipped.sum()) == fast.stats["skipped"]
+    # the reported bound of a skipped pair is below its true distance and not below the margin
+    assert bool((fast.lower_bound[skipped] <= full.distances[skipped]).all())
+    assert bool((fast.lower_bound[skipped] >= fast.margin[:, None].expand_as(skipped)[skipped]).all())

@@ -308,7 +308,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
                  return_points: bool = False, dtype: torch.dtype = torch.float64,
                  chunk_size: int | None = None, max_iter: int = 100, feas_tol: float = 1e-11,
                  gap_tol: float = 1e-9, farkas_tol: float = 1e-12, ls_steps: int = 16,
-                 newton_chunk: int | None = None) -> FlipResult:
+                 newton_chunk: int | None = None, margin_only: bool = False) -> FlipResult:
     """Exact distances from each feature to every decision boundary of its predicted class.
 
     Args:
@@ -324,6 +324,12 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
         feas_tol: primal feasibility tolerance, relative to ``1 + max_k |z_k(y)|``.
         gap_tol: duality-gap tolerance on the distance, relative to ``1 + distance``.
         farkas_tol: the Farkas certificate needs ``sup d·r < -farkas_tol * (1 + sum |d_k c_k|)``.
+        margin_only: only the margin (and its pair) must be exact: a pair left to the Newton stage
+            is skipped when its one-constraint distance (equality row and box only: a lower bound
+            on its distance) is at least the smallest exact distance of its sample. Skipped pairs
+            have distance NaN, ``certified`` True and that bound in ``lower_bound``
+            (``stats["skipped"]`` counts them). ``margin``, ``closest`` and the margin pair's point
+            and multipliers are the same as without it. Used by margin-aware training.
     """
     dev = features.device
     X = features.detach().to(dtype)
@@ -353,7 +359,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
     pred = torch.empty(B, dtype=torch.long, device=dev)
     pts = torch.full((B, n, f), float("nan"), dtype=dtype, device=dev) if return_points else None
     mus = torch.zeros((B, n, n), dtype=dtype, device=dev) if return_points else None
-    stats = dict(pairs=0, one_constraint=0, newton=0, infeasible=0, uncertified=0, newton_iterations=0)
+    stats = dict(pairs=0, one_constraint=0, newton=0, infeasible=0, uncertified=0, newton_iterations=0, skipped=0)
     ar = torch.arange(n, device=dev)
 
     hard = []  # pairs the one-constraint stage did not certify: (sample, j, i, -t)
@@ -453,7 +459,9 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
             mupair = torch.zeros((Bc, n, n), dtype=dtype, device=dev)
             mupair[:, ar, ar] = torch.where(okB, -t, torch.zeros_like(t))
         if rs.numel():
-            hard.append((rs + s0, rj, pc[rs], -t[rs, rj]))
+            # the one-constraint optimum (where its Newton converged) bounds the pair's distance below
+            lb1 = torch.where(bad[rs, rj], lb[rs, rj], (y[rs, rj] - Xc[rs]).norm(dim=-1) * (1 - 1e-9))
+            hard.append((rs + s0, rj, pc[rs], -t[rs, rj], lb1))
         dist[s0:s0 + Bc] = torch.where(isp, torch.full_like(dpair, float("nan")), dpair)
         lowb[s0:s0 + Bc] = lb
         cert[s0:s0 + Bc] = cpair
@@ -466,6 +474,14 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
         hj = torch.cat([h_[1] for h_ in hard])
         hi_ = torch.cat([h_[2] for h_ in hard])
         hm = torch.cat([h_[3] for h_ in hard])
+        if margin_only:
+            hlb = torch.cat([h_[4] for h_ in hard])
+            best = torch.nan_to_num(dist, nan=float("inf")).amin(1)
+            skip = hlb >= best[hs]
+            lowb[hs[skip], hj[skip]] = hlb[skip]
+            cert[hs[skip], hj[skip]] = True
+            stats["skipped"] = int(skip.sum())
+            hs, hj, hi_, hm = hs[~skip], hj[~skip], hi_[~skip], hm[~skip]
         stats["newton"] = hs.numel()
         step_ = max(1, newton_chunk)
         for q0 in range(0, hs.numel(), step_):

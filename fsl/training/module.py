@@ -83,7 +83,9 @@ class ClassifierModule(pl.LightningModule):
         from fsl.geometry import differentiable_flip_distances
 
         head, dom = self.net.head, self.net.feature_domain
-        res = differentiable_flip_distances(features, head.weight, head.bias, lower=dom.lower, upper=dom.upper)
+        # margin_only: pairs that cannot attain the margin skip the Newton stage (same margin, same gradient)
+        res = differentiable_flip_distances(features, head.weight, head.bias, lower=dom.lower, upper=dom.upper,
+                                            margin_only=True)
         ok = (res.pred == y) & torch.isfinite(res.margin)
         hinge = torch.where(ok, (self.margin_target - res.margin).clamp_min(0), torch.zeros_like(res.margin))
         if ok.any():
