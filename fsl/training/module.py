@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fsl.models import FeatureClassifier, create_model
+from fsl.training.losses import margin_hinge
 
 
 def _plain(value: Any) -> Any:
@@ -79,18 +80,12 @@ class ClassifierModule(pl.LightningModule):
         return self.net(x)
 
     def _margin_hinge(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``mean_s [pred_s = y_s] relu(target - d_min(s))`` on the exact margins (see the class doc)."""
-        from fsl.geometry import differentiable_flip_distances
-
+        """:func:`fsl.training.losses.margin_hinge` with this module's head and target; logs the median margin."""
         head, dom = self.net.head, self.net.feature_domain
-        # margin_only: pairs that cannot attain the margin skip the Newton stage (same margin, same gradient)
-        res = differentiable_flip_distances(features, head.weight, head.bias, lower=dom.lower, upper=dom.upper,
-                                            margin_only=True)
-        ok = (res.pred == y) & torch.isfinite(res.margin)
-        hinge = torch.where(ok, (self.margin_target - res.margin).clamp_min(0), torch.zeros_like(res.margin))
-        if ok.any():
-            self.log("train/margin_median", res.margin[ok].median(), on_step=False, on_epoch=True, batch_size=len(y))
-        return hinge.mean().to(features.dtype)
+        hinge, margins = margin_hinge(features, y, head.weight, head.bias, self.margin_target, dom.lower, dom.upper)
+        if margins.numel():
+            self.log("train/margin_median", margins.median(), on_step=False, on_epoch=True, batch_size=len(y))
+        return hinge
 
     def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
