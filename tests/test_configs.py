@@ -73,3 +73,24 @@ def test_wrong_config_key_is_reported():
     with pytest.raises(ValueError, match="unknown optimizer keys"):
         module = build_module(cfg, build_datamodule(cfg))
         module.configure_optimizers()
+
+
+def test_init_from_loads_weights_and_rejects_another_model(tmp_path):
+    import torch
+
+    from fsl.training.checkpoint import CheckpointError
+
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    src = build_module(cfg, build_datamodule(cfg))
+    with torch.no_grad():
+        for p in src.net.parameters():
+            p.add_(1.0)
+    ck = tmp_path / "src.ckpt"
+    torch.save({"state_dict": src.state_dict(), "hyper_parameters": dict(src.hparams)}, ck)
+    tuned = build_module(compose_config("train", [f"paths.output_dir={tmp_path}", f"init_from={ck}"]),
+                         build_datamodule(cfg))
+    for a, b in zip(tuned.net.parameters(), src.net.parameters()):
+        assert torch.equal(a, b)
+    other = compose_config("train", ["experiment=fcnn1_mnist5k", f"paths.output_dir={tmp_path}", f"init_from={ck}"])
+    with pytest.raises(CheckpointError, match="init_from=.*differs.*name"):
+        build_module(other, build_datamodule(other))

@@ -48,8 +48,29 @@ def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
 
         return featinv_module(to_plain(cfg.featinv), data=_without_target(cfg.data))
     model_spec = {**datamodule.model_kwargs(), **_without_target(cfg.model)}
-    return ClassifierModule(model=model_spec, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
-                            data=_without_target(cfg.data), loss=to_plain(cfg.get("loss")))
+    module = ClassifierModule(model=model_spec, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
+                              data=_without_target(cfg.data), loss=to_plain(cfg.get("loss")))
+    if cfg.get("init_from"):
+        init_weights(module, str(cfg.init_from))
+    return module
+
+
+def init_weights(module: ClassifierModule, path: str) -> None:
+    """Start ``module``'s network from the weights of the classifier checkpoint ``path`` (fine-tuning:
+    a fresh optimizer, schedule and epoch count, unlike ``ckpt_path``). The checkpoint must hold the
+    same architecture built for the same data (CheckpointError otherwise)."""
+    from fsl.training.checkpoint import CheckpointError, load_model
+
+    src, hp = load_model(path)
+    mine = {k: v for k, v in module.hparams["model"].items()}
+    theirs = dict(hp["model"])
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise CheckpointError(f"init_from={path}: its model differs from this run's in {diff} "
+                              f"(checkpoint {[theirs.get(k) for k in diff]}, run {[mine.get(k) for k in diff]}); "
+                              f"pick a checkpoint of the same experiment or drop init_from")
+    module.net.load_state_dict(src.state_dict(), strict=True)
+    log.info("initialised the network from %s", path)
 
 
 def _targets(cfg: DictConfig, group: str, hint: str):
