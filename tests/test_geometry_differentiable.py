@@ -262,3 +262,20 @@ def test_hull_projections_agree_with_cvxpylayers():
         (differentiable_hull_projections(qo, Do, tol=1e-13).projection[0] @ v).backward()
         torch.testing.assert_close(qo.grad[0], qs.grad, rtol=0, atol=1e-6)
         torch.testing.assert_close(Do.grad, Ds.grad, rtol=0, atol=1e-6)
+
+
+def test_flip_points_closest_only_matches_all_pairs_there():
+    X, W, b = problem(5, bounded=True)
+    grads = []
+    for closest_only in (False, True):
+        Xr = X.clone().requires_grad_(True)
+        out = differentiable_flip_points(Xr, W, b, lower=0.0, closest_only=closest_only)
+        dd = torch.nan_to_num(out.distances.detach(), nan=float("inf"))
+        cl = dd.argmin(1)
+        out.points[torch.arange(X.shape[0]), cl].sum().backward()
+        grads.append(Xr.grad)
+        if closest_only:
+            others = torch.ones_like(out.nonsmooth)
+            others[torch.arange(X.shape[0]), cl] = False
+            assert bool(out.nonsmooth[others & ~torch.isnan(out.distances.detach())].all())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)

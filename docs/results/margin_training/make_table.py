@@ -50,21 +50,21 @@ def main():
     here = Path(__file__).resolve().parent
     table = {}
     for key in MODELS:
-        for kind in ("base", "margin"):
+        for kind in ("base", "margin", "ce"):
             name = f"{key}_{kind}"
             an = args.runs / f"{name}_an" / "metrics.json"
             if not an.exists():
                 continue
             table[name] = row(json.loads(an.read_text()), training_record(args.wandb, args.runs / name))
     (here / "table.json").write_text(json.dumps(table, indent=1))
-    cols = sorted({c for r in table.values() for c in r}, key=lambda c: (c.count("/"), c))
-    lines = ["| run | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, r in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4g}" if c in r and r[c] is not None else "" for c in cols)
-                     + " |")
+    names = list(table)
+    rows = sorted({c for r in table.values() for c in r}, key=lambda c: (c.count("/"), c.split("/")[-1], c))
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for c in rows:
+        vals = [table[n].get(c) for n in names]
+        lines.append(f"| {c} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
     (here / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()
