@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import as_box
+from ._common import _BATCHED_LU_MAX, as_box
 from .flip import flip_margins
 from .hull import hull_distances
 
@@ -183,11 +183,11 @@ def differentiable_hull_distances(queries: Tensor, points: Tensor, **solver_kwar
 
 def _solve_checked(M: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
     """``M^{-1} rhs`` for a batch ``M`` (P, m, m), ``rhs`` (P, m), and a ``(P,)`` mask of the systems
-    LU could factor (singular ones: zeros). CPU systems above 128 are factored one at a time (see
-    :func:`fsl.geometry._common.batched_solve`)."""
+    LU could factor (singular ones: zeros). CPU systems above ``_BATCHED_LU_MAX`` are factored one at a
+    time, for the reason :func:`fsl.geometry._common.batched_solve` gives."""
     if M.shape[0] == 0:
         return rhs.clone(), torch.ones(0, dtype=torch.bool, device=M.device)
-    if M.shape[-1] <= 128 or M.device.type != "cpu":
+    if M.shape[-1] <= _BATCHED_LU_MAX or M.device.type != "cpu":
         sol, info = torch.linalg.solve_ex(M, rhs[..., None])
     else:
         parts = [torch.linalg.solve_ex(M[i], rhs[i][:, None]) for i in range(M.shape[0])]
@@ -323,8 +323,8 @@ def differentiable_hull_projections(queries: Tensor, points: Tensor, **solver_kw
     :func:`fsl.geometry.hull_distances`, ``solver_kwargs`` go to it), differentiable in both by
     implicit differentiation of ``min_a ||q - a^T D_K||^2, sum a = 1`` on the solver's support ``K``:
     ``[D_K D_K^T, 1; 1^T, 0] [a; lam] = [D_K q; 1]``. A query inside the hull projects to itself
-    (``dp/dq = I`` on the relative interior of a full-dimensional hull); fsl returns ``p`` from the
-    support system there as well and flags it ``degenerate``."""
+    (``dp/dq = I`` on the relative interior of a full-dimensional hull): fsl returns ``p = q`` there,
+    distance 0, and flags it ``degenerate``."""
     with torch.no_grad():
         res = hull_distances(queries, points, **solver_kwargs)
     dt = res.distance.dtype
