@@ -29,12 +29,7 @@ def masked_cosine(pred: Tensor, true: Tensor, cells: Tensor) -> Tensor:
     """``(N,)`` median of the per-position cosine over the ``cells`` ``(N, h, w)`` of each map (NaN
     for a map without cells). Maps ``(N, C, h, w)``."""
     cos = F.cosine_similarity(pred, true, dim=1, eps=1e-8)
-    out = torch.full((len(cos),), float("nan"), dtype=cos.dtype)
-    for i in range(len(cos)):
-        c = cos[i][cells[i]]
-        if c.numel():
-            out[i] = c.median()
-    return out
+    return cos.masked_fill(~cells.to(cos.device), float("nan")).flatten(1).nanmedian(1).values
 
 
 def relative_error(pred: Tensor, true: Tensor) -> Tensor:
