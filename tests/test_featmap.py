@@ -111,6 +111,28 @@ def test_grid_move_is_exact_for_an_equivariant_layer(name):
     torch.testing.assert_close(ex["manipulated"], apply_manipulation(name, ev[:2])[0])
 
 
+def test_permute_grid_moves_the_source_of_the_fitted_maps():
+    """On an equivariant layer the moved source equals the target: the shared linear map is then the
+    identity (exact); without the move a per-position map cannot undo a rotation of the grid."""
+    model = OneConv(padding=1, symmetric=True, relu=True).eval()
+    g = _gen(13)
+    tr, ev = torch.rand(30, 3, 12, 12, generator=g), torch.rand(10, 3, 12, 12, generator=g)
+    rows, spectra = {}, {}
+    for permute in (True, False):
+        res = featmap_study(model, tr, ev, layers=["conv"], manipulations=["rot90"], ridge=0.0, permute_grid=permute,
+                            mappings=["permutation", "linear"])
+        rows.update({(permute, r["mapping"]): r for r in res.rows})
+        spectra[permute] = res.spectra[("conv", "rot90", "linear")]
+    assert rows[(True, "linear")]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    # W = I on the live channels (a channel that is never positive gets the minimum-norm zero)
+    live = int((model.feature_maps(tr)["conv"] > 0).flatten(1).any(0).view(6, -1).any(1).sum())
+    s = spectra[True]
+    assert s[:live].tolist() == pytest.approx([1.0] * live, abs=1e-4) and s[live:].abs().max() < 1e-4
+    assert rows[(True, "linear")]["erank"] == pytest.approx(live, abs=1e-3)
+    assert rows[(False, "linear")]["cosine"] < 0.99
+    assert rows[(False, "permutation")]["cosine"] == pytest.approx(1.0, abs=1e-6)  # the baseline moves either way
+
+
 def test_procrustes_recovers_an_orthogonal_map_and_global_dual_matches_primal():
     g = _gen(3)
     q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))

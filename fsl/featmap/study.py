@@ -122,9 +122,9 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
         manipulations: names of :data:`fsl.featmap.MANIPULATIONS`; colour-only ones are skipped
             (and listed in ``skipped``) on grey images. params: ``{name: {parameter: value}}``.
         mappings: names of :data:`MAPPINGS`.
-        permute_grid: for manipulations with a grid move (rot90s, flips) the source map is moved
-            first, so per-position maps only have to change the channels; ``permutation`` is that
-            move alone, ``identity`` the unmoved map.
+        permute_grid: for manipulations with a grid move (rot90s, flips) the source map of every
+            fitted map is moved first, so per-position maps only have to change the channels. The
+            ``permutation`` baseline is that move alone (either way), ``identity`` the unmoved map.
         ridge, global_ridge: relative ridges of the shared and the global linear map.
         rank_rtol: numerical rank threshold (relative to the largest singular value).
         sgd: options of :func:`fsl.featmap.train.fit_sgd` (:data:`SGD_DEFAULTS`; ``n_train``: train
@@ -179,21 +179,21 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
         man_ev, region = apply_manipulation(name, eval_images, seed=seed + 1, params=p)
         tgt_tr, _ = layer_maps(model, man_tr, layers, batch_size, device)
         tgt_ev, logits_true = layer_maps(model, man_ev, layers, batch_size, device)
-        move = grid_move(name) if permute_grid else None
+        move = grid_move(name)
         for layer in layers:
             bar.set_postfix_str(f"{name} {layer}")
             shape = orig_ev[layer].shape
             X_tr, Y_tr = check_features(orig_tr[layer]), check_features(tgt_tr[layer], f"featmap: {layer}/{name}")
             X_ev, Y_ev = check_features(orig_ev[layer]), check_features(tgt_ev[layer], f"featmap: {layer}/{name}")
-            S_tr, S_ev = (move(X_tr), move(X_ev)) if move is not None else (X_tr, X_ev)
+            S_tr, S_ev = (move(X_tr), move(X_ev)) if move is not None and permute_grid else (X_tr, X_ev)
             cells = region_cells(region, X_ev.shape[-2:]) if region is not None else None
             for mapping in mappings:
                 if mapping == "permutation" and (move is None or X_tr.shape[-2:] == (1, 1)):
                     continue  # no grid to move: the permutation baseline is the identity
                 t0 = time.perf_counter()
                 row = {"layer": layer, "manipulation": name, "mapping": mapping}
-                pred, fitted, wx = _fit_predict(mapping, X_ev, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd, nets,
-                                                seed, batch_size, device, row)
+                pred, fitted, wx = _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd,
+                                                nets, seed, batch_size, device, row)
                 row.update(_scores(model, layer, pred, Y_ev, shape, logits_true, logits_orig, cells, batch_size,
                                    device))
                 if fitted is not None:
@@ -217,13 +217,13 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
     return res
 
 
-def _fit_predict(mapping, X_ev, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd, nets, seed, batch_size, device, row):
+def _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd, nets, seed, batch_size, device, row):
     """``(prediction for S_ev, fitted closed-form map or None, its W x on S_ev or None)``; trained
     maps add ``epochs`` and ``stopped_early`` to ``row``. ``S_*``: the (grid-moved) source maps."""
     if mapping == "identity":
         return X_ev, None, None
     if mapping == "permutation":
-        return S_ev, None, None
+        return move(X_ev), None, None
     if mapping in CLOSED_FORM:
         fitted = (fit_shared_linear(S_tr, Y_tr, ridge) if mapping == "linear" else
                   fit_procrustes(S_tr, Y_tr) if mapping == "procrustes" else fit_global_linear(S_tr, Y_tr, global_ridge))
