@@ -16,7 +16,6 @@ from fsl.analysis.report import fmt
 from fsl.errors import ConfigError
 
 
-
 @register_analysis("featmap")
 class FeatMapAnalysis(Analysis):
     """Options (``configs/analysis/featmap.yaml``): ``layers`` (keys of ``model.feature_maps``; null:
@@ -55,7 +54,7 @@ class FeatMapAnalysis(Analysis):
                     raise ConfigError(f"analysis.featmap.{key}: unknown metric {m!r}" + closest(m, METRICS))
 
     def compute(self, ctx) -> Result:
-        from fsl.featmap.study import featmap_study
+        from fsl.featmap.study import METRICS, featmap_study
 
         if ctx.epoch is not None:
             return self._per_epoch(ctx)
@@ -69,15 +68,13 @@ class FeatMapAnalysis(Analysis):
         out = Result(metrics=self._metrics(res.rows))
         out.metrics["n_train"] = float(len(ctx.subset("train", self.n_train)))
         out.metrics["n_eval"] = float(len(ctx.subset(ctx.eval_split, self.n_eval)))
-        from fsl.featmap.study import METRICS
-
         present = [m for m in METRICS if any(m in r for r in res.rows)]
         out.tables["table"] = Table(["layer", "manipulation", "mapping", *present],
                                     [[r["layer"], r["manipulation"], r["mapping"],
                                       *[r.get(m, float("nan")) for m in present]] for r in res.rows])
         if ctx.want_figures:
             self._heatmaps(out, res)
-            self._image_rows(out, res, ctx)
+            self._image_rows(out, res)
         out.report = self._report(res, decoders, out.metrics)
         out.data = res
         return out
@@ -147,7 +144,7 @@ class FeatMapAnalysis(Analysis):
                 fig = featmap_heatmap(panels, res.manipulations, res.layers, metric)
                 out.figures[f"heatmap/{metric}"] = Figure(f"featmap_{metric}", fig)
 
-    def _image_rows(self, out: Result, res, ctx) -> None:
+    def _image_rows(self, out: Result, res) -> None:
         from fsl.plots.featinv_figures import featinv_grid
 
         for layer in res.layers:
