@@ -78,6 +78,12 @@ def validate_analyze_config(cfg) -> None:
     for key in ("n_train", "n_eval"):
         _positive(p, cfg, key, allow_none=True)
     _analysis_problems(p, cfg, None)
+    from fsl.config import to_plain
+
+    chosen = to_plain(_get(cfg, "analysis") or {})
+    if chosen and not any((o or {}).get("enabled", True) for o in chosen.values()):
+        p.append(f"every analysis of the run is off ({', '.join(chosen)}): an opt-in one needs "
+                 f"analysis.<name>.enabled=true, e.g. analysis.{next(iter(chosen))}.enabled=true")
     _raise(p, "analyze")
 
 

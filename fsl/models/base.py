@@ -107,8 +107,23 @@ class FeatureClassifier(nn.Module):
         with intermediate stages override this (ResNet stages, SELU MLP hidden layers)."""
         return {"features": self.forward_features(x)}
 
+    def forward_from(self, layer: str, representation: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n)`` from ``representation``, the output of ``layer`` (a key of
+        :meth:`feature_maps`, same shape): the rest of the network after that layer, so that
+        ``forward_from(k, feature_maps(x)[k]) == forward(x)`` for every ``k``. Models with
+        intermediate layers override it."""
+        if layer != "features":
+            raise unknown_layer(self, layer, ["features"])
+        return self.forward_head(representation)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # (B, f) -> (B, n)
         return self.head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1] -> (B, n) logits
         return self.forward_head(self.forward_features(x))
+
+
+def unknown_layer(model: nn.Module, layer: str, names: Sequence[str]) -> ValueError:
+    """The error for a layer name that ``model.feature_maps`` does not have."""
+    return ValueError(f"{type(model).__name__} has no layer {layer!r}; its layers (keys of feature_maps): "
+                      f"{list(names)}")

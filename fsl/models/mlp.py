@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.models.base import SELU_LOWER, FeatureClassifier, FeatureDomain, Normalize
+from fsl.models.base import SELU_LOWER, FeatureClassifier, FeatureDomain, Normalize, unknown_layer
 from fsl.models.registry import register_model
 
 
@@ -90,6 +90,16 @@ class SeluMLP(FeatureClassifier):
             h = F.selu(layer(h))
             maps[f"layers.{i}"] = h
         return maps
+
+    def forward_from(self, layer: str, representation: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of hidden layer ``layers.<i>``: the layers after it, then the head."""
+        names = [f"layers.{i}" for i in range(len(self.layers))]
+        if layer not in names:
+            raise unknown_layer(self, layer, names)
+        h = representation
+        for lin in self.layers[names.index(layer) + 1:]:
+            h = F.selu(lin(h))
+        return self.forward_head(h)
 
     def selu_stack(self, start: str = "features") -> list[tuple[str, nn.Linear, bool]]:
         stack = [(f"layers.{i}", layer, True) for i, layer in enumerate(self.layers)]

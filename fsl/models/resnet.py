@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.models.base import FeatureClassifier, FeatureDomain, Normalize
+from fsl.models.base import FeatureClassifier, FeatureDomain, Normalize, unknown_layer
 from fsl.models.registry import register_model
 
 
@@ -96,6 +96,19 @@ class CifarResNet(FeatureClassifier):
                 maps[f"stage{self.stage_ends.index(i) + 1}"] = out
         maps["pooled"] = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return maps
+
+    def forward_from(self, layer: str, representation: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``stage<k>`` (the blocks after it, pooling, head) or of
+        ``pooled`` (the head)."""
+        names = [f"stage{i + 1}" for i in range(len(self.stage_ends))]
+        if layer == "pooled":
+            return self.forward_head(representation)
+        if layer not in names:
+            raise unknown_layer(self, layer, [*names, "pooled"])
+        out = representation
+        for block in self.blocks[self.stage_ends[names.index(layer)] + 1:]:
+            out = block(out)
+        return self.forward_head(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
 @register_model("resnet20")

@@ -3,4 +3,4 @@
 docs/extending.md)."""
 from fsl.plugins import import_modules
 
-import_modules(__name__, first=("geometry", "pixel_hull", "adversarial", "spaces", "pixels", "featinv"))
+import_modules(__name__, first=("geometry", "pixel_hull", "adversarial", "spaces", "pixels", "featinv", "featmap"))
