@@ -12,9 +12,11 @@ reference ``r_b``::
 solution is returned; what is guaranteed is the honesty of the report: the residual is measured
 again on the returned image, and ``success`` is true only when it meets the tolerance.
 
-Two batched solvers:
+Batched solvers:
 
-* ``method="sqp"`` (default): an equality-constrained SQP / projected Gauss-Newton method. Each
+* ``method="lm"`` (default): continuation Levenberg-Marquardt along the feature segment from
+  ``N(x_r)`` to ``t`` (:mod:`fsl.inversion.continuation`), misses re-solved by "al+sqp".
+* ``method="sqp"``: an equality-constrained SQP / projected Gauss-Newton method. Each
   step solves the linearised problem exactly on the free pixels,
   ``min ||x + d - r||^2  s.t.  c(x) + J d = 0,  d_i = 0 for pixels held at a bound``, via the
   small ``m x m`` system ``(J J^T + mu I) lambda = c - J (x - r)`` in float64 (``m = f`` for a
@@ -25,7 +27,8 @@ Two batched solvers:
   plus a projection of every trial point.
 * ``method="al"``: augmented Lagrangian with a projected Adam inner solver
   (``L = 0.5||x-r||^2 + lambda^T c + mu/2 ||c||^2``; ``lambda += mu c``; ``mu`` grows when ``||c||``
-  stalls), optionally followed by Gauss-Newton feasibility steps (``polish``).
+  stalls), optionally followed by Gauss-Newton feasibility steps (``al_polish``); "al+sqp" runs
+  15 AL iterations, then the SQP.
 
 A ball is solved as follows: a reference already inside the ball is its own solution (distance 0);
 otherwise the closest feasible point lies on the sphere (on the segment from the reference to
@@ -340,13 +343,19 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         radius: scalar or (B,) radius, required for ``mode="ball"|"sphere"``, must be > 0.
         mode: "point" (``N(x) = t``), "ball" (``||N(x) - t|| <= r``), "sphere" (``= r``).
         tol: relative tolerance of the reported ``feature_residual`` (see InversionResult).
-        max_iter: outer iterations (default 60 for SQP, 30 for AL).
-        method: "sqp" (default) or "al" (augmented Lagrangian + projected Adam).
+        max_iter: outer iterations (default 80 trial points for "lm", 60 for SQP, 30 for AL).
+        method: "lm" (default: continuation Levenberg-Marquardt along the feature segment,
+            fsl.inversion.continuation), "al+sqp" (the previous default), "sqp" or "al".
         init: optional (B, C, H, W) starting images (default: the references).
         abs_floor: floor of ``||t||`` in the relative point residual (targets near 0).
         mu_rel: relative Levenberg-Marquardt regularisation of ``J J^T`` (float64 solve).
         step_tol: SQP stop when feasible and ``||d|| <= step_tol (1 + ||x - x_r||)``.
         max_rows: memory bound of the Jacobian (``sample x output`` rows per backward chunk).
+        lm_max_jac, lm_broyden: exact Jacobians per sample, and Broyden secant updates between them
+            (method "lm").
+        lm_fallback: solve the samples "lm" leaves outside ``tol`` again with "al+sqp" from the
+            reference and keep the better (``extra["fallback"]``).
+        polish: SQP iterations after "lm" that decrease ``||x - x_r||`` on the constraint.
 
     Returns:
         :class:`InversionResult`; an empty batch (``B = 0``) gives empty tensors of the same shapes.
