@@ -100,6 +100,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="al+sqp,lm")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--kinds", default="flip,hull")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="method lm: restart misses from the nearest of this many training images (0: off)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,8 +115,9 @@ def main(argv=None):
         test, others, train_x = X[4000:4000 + args.n], X[4000 + args.n:4000 + 2 * args.n], X[:4000]
     with torch.no_grad():
         train_feats = torch.cat([model.forward_features(train_x[s:s + 500]) for s in range(0, len(train_x), 500)])
+    pool, pool_feats = train_x[:args.pool], train_feats[:args.pool]
     print(f"model {what}; {len(test)} samples, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"{len(train_x)} training features for the hull")
+          f"{len(train_x)} training features for the hull, lm restart pool {args.pool}")
     header = (f"{'target':6s} {'method':7s} {'n':>4s} {'hit':>6s} {'unreach':>7s} {'stationary':>10s} "
               f"{'not conv':>8s} {'hit/reach':>9s} {'median res':>10s} {'mean |x-xr|':>11s} {'s/img':>7s}")
     print(header)
@@ -126,7 +129,9 @@ def main(argv=None):
             results, secs = [], 0.0
             for s in range(0, len(test), args.batch):
                 t1 = time.perf_counter()
-                results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=method))
+                kw = {"pool": pool, "pool_features": pool_feats} if (method == "lm" and args.pool) else {}
+                results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=method,
+                                                  **kw))
                 secs += time.perf_counter() - t1
             counts = {k: 0 for k in ("hit", "unreachable", "stationary", "not_converged")}
             for s, r in zip(range(0, len(test), args.batch), results):

@@ -12,7 +12,6 @@
 """
 from fsl.inversion._common import feature_jacobian, frozen_eval
 from fsl.inversion.core import METHODS, MODES, InversionResult, invert_to_features, relative_point_residual
-from fsl.inversion.continuation import PathInfo, box_gn_step, continuation_lm
 from fsl.inversion.paths import (REFERENCE_KINDS, FeaturePath, MorphResult, PixelLinePath, black_reference, feature_path,
                                  make_references, morph, pixel_line_feature_path, two_point_equidistant,
                                  white_reference)
@@ -25,7 +24,7 @@ __all__ = [
     "invert_to_features", "InversionResult", "MODES", "METHODS", "relative_point_residual",
     "feature_jacobian", "frozen_eval",
     "make_references", "black_reference", "white_reference", "REFERENCE_KINDS",
-    "continuation_lm", "PathInfo", "box_gn_step", "feature_path", "FeaturePath",
+    "feature_path", "FeaturePath",
     "diagnose", "Diagnosis", "CATEGORIES", "feature_bounds", "residual_lower_bound",
     "morph", "MorphResult", "pixel_line_feature_path", "PixelLinePath", "two_point_equidistant",
     "jacobian_null_space", "NullSpace", "null_space_directions", "null_space_directions_from",

@@ -29,7 +29,8 @@ the floor, where the plain residual only gains a factor ``e`` per step.
 Jacobians: exact ``J = dN/dx`` (``f`` vector-Jacobian products per sample, torch.func) after every
 accepted step (``broyden=False``, default), or Broyden's rank-one secant update
 ``J += (dN - J dx) dx^T / ||dx||^2`` from every trial point (one forward pass) with the exact
-Jacobian recomputed only after a rejected secant step (``broyden=True``).
+Jacobian recomputed only after a rejected secant step (``broyden=True``), or the chord method
+(``broyden="chord"``: J frozen until a step is rejected).
 
 Because every step is the minimum-norm correction and the path starts at the reference, the images
 ``x(s)`` are a morph from the reference along the feature segment (``record`` keeps them).
@@ -115,10 +116,11 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
         mu0: initial relative Levenberg-Marquardt damping.
         ds0: first stage length as a fraction of the segment (1 = aim at the target at once).
         eta: a stage is reached when ``||N(x) - tau(s)|| <= eta * ds * ||t - f0||``.
-        broyden: rank-one secant updates of J after every trial, the exact Jacobian recomputed only
-            when a step on a secant J is rejected (fewer Jacobians per step; on the trained models
-            measured so far it converged worse, see docs/inversion.md). False (default): an exact
-            Jacobian after every accepted step, within ``max_jac``.
+        broyden: False (default): an exact Jacobian after every accepted step, within ``max_jac``.
+            True: Broyden rank-one secant updates of J after every trial, the exact Jacobian
+            recomputed only when a step on an updated J is rejected. "chord": the same lazy
+            recomputation without the secant update (J frozen between rejections). Both need fewer
+            Jacobians per step; on the trained models they did not hit more (docs/inversion.md).
         patience: rejected steps in a row on an exact Jacobian before the stage is shortened.
         ds_min: shortest stage before a sample is declared stalled.
         floor: the feature domain's lower bound (``model.feature_domain.lower``); target coordinates
@@ -131,6 +133,8 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
     """
     shape, dtype, dev = x0.shape, x0.dtype, x0.device
     B = shape[0]
+    lazy = bool(broyden)  # keep J across accepted steps, recompute after a rejected step on an old J
+    secant = broyden is True or broyden == "broyden"  # ... and update it by Broyden's formula
     x = x0.reshape(B, -1).double().clone()
     idx = torch.arange(B, device=dev)
 
@@ -238,7 +242,7 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
         ratio = (cn2 - ctn2) / (cn2 - pn2).clamp_min(1e-300)
         ok = ctn2 < cn2 * (1.0 - 1e-4) ** 2
         # secant update from the trial (valid whether or not the step is accepted)
-        if broyden:
+        if secant:
             dxn2 = dx.pow(2).sum(1)
             upd = dxn2 > 0
             if upd.any():
@@ -258,7 +262,7 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
         rej = act[~ok]
         was_fresh = fresh_before[~ok]
         fails[act[ok]] = 0
-        counts = was_fresh | (njac[rej] >= max_jac) | (not broyden)
+        counts = was_fresh | (njac[rej] >= max_jac) | (not lazy)
         fails[rej] = fails[rej] + counts.long()
         shrink = torch.zeros_like(done)
         shrink[rej] = fails[rej] >= patience
@@ -269,7 +273,7 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
             gave_up = shrink & (ds < ds_min)
             stalled |= gave_up
             done |= gave_up
-        if broyden:
+        if lazy:
             need = torch.zeros_like(done)
             need[rej] = ~was_fresh
             need &= ~done

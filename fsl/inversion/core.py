@@ -330,9 +330,9 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
                        init: torch.Tensor | None = None, abs_floor: float = 1e-6,
                        mu_rel: float = 1e-6, step_tol: float = 1e-4, max_rows: int = 4096,
                        al_inner_steps: int = 40, al_lr: float = 0.01, al_mu0: float = 1.0,
-                       al_polish: int = 20, lm_max_jac: int = 80, lm_broyden: bool = False, lm_fallback: bool = True,
-                       polish: int = 0,
-                       seed: int = 0) -> InversionResult:
+                       al_polish: int = 20, lm_max_jac: int = 80, lm_broyden: bool | str = False, lm_fallback: bool = True,
+                       polish: int = 0, pool: torch.Tensor | None = None, pool_features: torch.Tensor | None = None,
+                       pool_k: int = 3, pool_polish: int = 10, seed: int = 0) -> InversionResult:
     """Images in [0, 1] closest to ``references`` that map to ``targets`` (or to a ball/sphere).
 
     Args:
@@ -351,11 +351,17 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         mu_rel: relative Levenberg-Marquardt regularisation of ``J J^T`` (float64 solve).
         step_tol: SQP stop when feasible and ``||d|| <= step_tol (1 + ||x - x_r||)``.
         max_rows: memory bound of the Jacobian (``sample x output`` rows per backward chunk).
-        lm_max_jac, lm_broyden: exact Jacobians per sample, and Broyden secant updates between them
-            (method "lm").
+        lm_max_jac, lm_broyden: exact Jacobians per sample, and how J is kept between them
+            (method "lm"; False: exact after every accepted step, True: Broyden updates, "chord":
+            frozen until a step is rejected; fsl.inversion.continuation.continuation_lm).
         lm_fallback: solve the samples "lm" leaves outside ``tol`` again with "al+sqp" from the
             reference and keep the better (``extra["fallback"]``).
         polish: SQP iterations after "lm" that decrease ``||x - x_r||`` on the constraint.
+        pool, pool_features, pool_k, pool_polish: optional (N, C, H, W) images (e.g. training
+            images) and their features (computed when None): a point target that "lm" misses from
+            the reference is tracked again from the ``pool_k`` pool images with the nearest
+            features, followed by ``pool_polish`` SQP iterations towards the reference; the closest
+            hit is kept (``extra["pool"]``). Before the al+sqp fallback.
 
     Returns:
         :class:`InversionResult`; an empty batch (``B = 0``) gives empty tensors of the same shapes.
@@ -437,6 +443,12 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
                     xs, it2, st_s = _sqp(sub, xs, xr_s, tol_s, polish, mu_rel, step_tol)
                     it_s = it_s + it2
                 extra["fallback"] = torch.zeros(solve_idx.numel(), dtype=torch.bool, device=mdev)
+                extra["pool"] = torch.zeros(solve_idx.numel(), dtype=torch.bool, device=mdev)
+                if pool is not None and mode == "point":
+                    xs, it_s, used = _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features,
+                                                    pool_k, pool_polish, max_iter or 80, lm_max_jac, lm_broyden,
+                                                    gen, mu_rel, step_tol)
+                    extra["pool"] = used
                 if lm_fallback:
                     # samples the path did not bring within tol: the al+sqp solver from the reference
                     miss = (sub.value(xs, torch.arange(solve_idx.numel(), device=mdev)).norm(dim=1) > tol_s
@@ -481,7 +493,8 @@ def _expand_extra(extra: dict, B: int, device) -> dict:
         return {}
     idx = extra.pop("solve_idx")
     out = {"progress": torch.ones(B, dtype=torch.float64), "jacobians": torch.zeros(B, dtype=torch.long),
-           "stalled": torch.zeros(B, dtype=torch.bool), "fallback": torch.zeros(B, dtype=torch.bool)}
+           "stalled": torch.zeros(B, dtype=torch.bool), "fallback": torch.zeros(B, dtype=torch.bool),
+           "pool": torch.zeros(B, dtype=torch.bool)}
     for k, v in extra.items():
         out[k] = out[k].to(v.device)
         out[k][idx] = v
@@ -509,6 +522,41 @@ def _lm(sub: "_Problem", model, xs, tol_s, mode, max_iter, max_jac, broyden, gen
         u[tiny], nrm[tiny] = g, g.norm(dim=1, keepdim=True)
     point = _Problem(model, sub.t + sub.r.unsqueeze(1) * u / nrm, None, "point", sub.max_rows, gen)
     return continuation_lm(point, xs, tol_s, max_iter=max_iter, max_jac=max_jac, broyden=broyden, floor=floor)
+
+
+def _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features, k, n_polish, max_iter, max_jac,
+                   broyden, gen, mu_rel, step_tol):
+    """Samples still missing their target start the continuation again from the ``k`` pool images
+    whose features are nearest to the target (short feature segments); the closest hit to the
+    reference (after ``n_polish`` SQP iterations) replaces the miss. Returns (xs, it_s, used)."""
+    dev = xs.device
+    used = torch.zeros(xs.shape[0], dtype=torch.bool, device=dev)
+    ar = torch.arange(xs.shape[0], device=dev)
+    mi = (sub.value(xs, ar).norm(dim=1) > tol_s).nonzero().squeeze(1)
+    if mi.numel() == 0 or pool.shape[0] == 0:
+        return xs, it_s, used
+    pool = pool.to(dev, xs.dtype)
+    if pool_features is None:
+        pool_features = torch.cat([features_of(model, pool[s:s + 512]) for s in range(0, pool.shape[0], 512)])
+    pf = pool_features.to(dev).double()
+    kk = min(int(k), pool.shape[0])
+    near = torch.cdist(sub.t[mi], pf).topk(kk, dim=1, largest=False).indices  # (m, kk)
+    rep = mi.repeat_interleave(kk)
+    psub = _SubProblem(sub, rep)
+    xp, itp, _ = _lm(psub, model, pool[near.flatten()].clone(), tol_s[rep], "point", max_iter, max_jac, broyden, gen)
+    if n_polish:
+        xp, itp2, _ = _sqp(psub, xp, xr_s[rep], tol_s[rep], n_polish, mu_rel, step_tol)
+        itp = itp + itp2
+    cp = psub.value(xp, torch.arange(rep.numel(), device=dev)).norm(dim=1)
+    dist = (xp.double() - xr_s[rep].double()).flatten(1).norm(dim=1)
+    score = torch.where(cp <= tol_s[rep], dist, 1e30 + cp).view(mi.numel(), kk)
+    best = score.argmin(1)
+    pick = torch.arange(mi.numel(), device=dev) * kk + best
+    better = cp[pick] < sub.value(xs[mi], mi).norm(dim=1)
+    xs[mi[better]] = xp[pick[better]]
+    it_s[mi] = it_s[mi] + itp.view(mi.numel(), kk).sum(1)
+    used[mi[better]] = True
+    return xs, it_s, used
 
 
 class _SubProblem(_Problem):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.inversion._common import features_of, frozen_eval
+from fsl.inversion._common import check_values, features_of, frozen_eval
 
 CATEGORIES = ("hit", "unreachable", "stationary", "not_converged")
 
@@ -90,18 +90,15 @@ def feature_bounds(model: nn.Module, lower: float = 0.0, upper: float = 1.0) -> 
     model whose layers it does not know (SELU MLPs with ``selu_stack`` and CifarResNet are known)."""
     from fsl.models.resnet import CifarResNet
 
+    if not (isinstance(model, CifarResNet) or getattr(model, "invertible_selu", False)):
+        raise TypeError(f"feature_bounds: no interval propagation for {type(model).__name__} (known: SELU MLPs "
+                        f"with selu_stack, CifarResNet)")
     p0 = next(iter(model.parameters()))
     shape = (1, *model.input_shape)
     c = torch.full(shape, (lower + upper) / 2, dtype=torch.float64, device=p0.device)
     r = torch.full(shape, (upper - lower) / 2, dtype=torch.float64, device=p0.device)
     with torch.no_grad():
-        if isinstance(model, CifarResNet):
-            c, r = _resnet_bounds(model, c, r)
-        elif getattr(model, "invertible_selu", False):
-            c, r = _selu_bounds(model, c, r)
-        else:
-            raise TypeError(f"feature_bounds: no interval propagation for {type(model).__name__} (known: SELU MLPs "
-                            f"with selu_stack, CifarResNet)")
+        c, r = _resnet_bounds(model, c, r) if isinstance(model, CifarResNet) else _selu_bounds(model, c, r)
     lo, hi = (c - r)[0], (c + r)[0]
     dom = getattr(model, "feature_domain", None)
     if dom is not None and dom.lower is not None:
@@ -116,8 +113,9 @@ def residual_lower_bound(targets: torch.Tensor, lower: torch.Tensor, upper: torc
     """(B,) float64 certified lower bound on ``min_x ||N(x) - t||`` from per-coordinate bounds
     ``lower <= N(x) <= upper`` (f,): the distance from ``t`` to the box ``[lower, upper]``, less a
     rounding margin ``margin * (1 + ||t||)`` (the model runs in float32), floored at 0."""
-    t = targets.double()
-    lo, hi = lower.to(t), upper.to(t)
+    t = check_values("residual_lower_bound targets", targets, 2, what="(B, f)").double()
+    lo = check_values("residual_lower_bound lower", lower, 1, width=t.shape[1], what="(f,)", unit="value").to(t)
+    hi = check_values("residual_lower_bound upper", upper, 1, width=t.shape[1], what="(f,)", unit="value").to(t)
     gap = (lo - t).clamp_min(0.0) + (t - hi).clamp_min(0.0)
     return (gap.norm(dim=1) - margin * (1.0 + t.norm(dim=1))).clamp_min(0.0)
 
