@@ -172,14 +172,14 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
         near = torch.zeros_like(t, dtype=torch.bool)
 
     def merit(f, tau, rows):
-        """Residual minimised by the steps (B', f) and the row scaling of J (B', f)."""
+        """Residual (B', f) whose Gauss-Newton step is taken (rows of J unchanged)."""
         c = f - tau
         if floor is None or not near[rows].any():
-            return c, torch.ones_like(c)
+            return c
         m, dl = near[rows], delta[rows]
         g = (f - floor + dl).clamp_min(1e-300)
         h = (tau - floor + dl).clamp_min(1e-300)
-        return torch.where(m, g * torch.log(g / h), c), torch.ones_like(c)
+        return torch.where(m, g * torch.log(g / h), c)
 
     def predict(f, Jdx, rows):
         lin = f + Jdx
@@ -226,8 +226,7 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
         fresh_before = fresh[act].clone()
         tau = (f0 + goal.unsqueeze(1) * seg)[act]
         xa, Ja, fa = x[act], J[act], fx[act]
-        ca, wa = merit(fa, tau, act)
-        d = box_gn_step(xa, ca, Ja * wa.unsqueeze(2), mu[act])
+        d = box_gn_step(xa, merit(fa, tau, act), Ja, mu[act])
         trial = (xa + d).clamp(0.0, 1.0)
         dx = trial - xa
         ct_full = problem.value(img(trial), act)
