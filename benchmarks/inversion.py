@@ -15,7 +15,8 @@ solver miss: stationary or not converged), residuals, mean distance to the refer
 image, and the speed ratio old/new.
 
 Usage: python benchmarks/inversion.py [--checkpoint PATH] [--model selu_mlp|resnet20] [--n 100]
-       [--batch 20] [--epochs 15] [--methods al+sqp,lm] [--kinds flip,hull] [--threads 2]
+       [--batch 20] [--epochs 15] [--methods al+sqp,lm,lm:nofallback] [--kinds flip,hull] [--threads 2]
+       [--pool 4000]
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--methods", default="al+sqp,lm")
+    ap.add_argument("--methods", default="al+sqp,lm",
+                    help="comma-separated; 'lm:nofallback' is lm without the al+sqp fallback for its misses")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--kinds", default="flip,hull")
     ap.add_argument("--pool", type=int, default=0,
@@ -118,7 +120,7 @@ def main(argv=None):
     pool, pool_feats = train_x[:args.pool], train_feats[:args.pool]
     print(f"model {what}; {len(test)} samples, batch {args.batch}, {torch.get_num_threads()} threads, "
           f"{len(train_x)} training features for the hull, lm restart pool {args.pool}")
-    header = (f"{'target':6s} {'method':7s} {'n':>4s} {'hit':>6s} {'unreach':>7s} {'stationary':>10s} "
+    header = (f"{'target':6s} {'method':14s} {'n':>4s} {'hit':>6s} {'unreach':>7s} {'stationary':>10s} "
               f"{'not conv':>8s} {'hit/reach':>9s} {'median res':>10s} {'mean |x-xr|':>11s} {'s/img':>7s}")
     print(header)
     print("-" * len(header))
@@ -129,8 +131,11 @@ def main(argv=None):
             results, secs = [], 0.0
             for s in range(0, len(test), args.batch):
                 t1 = time.perf_counter()
-                kw = {"pool": pool, "pool_features": pool_feats} if (method == "lm" and args.pool) else {}
-                results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=method,
+                name, _, opt = method.partition(":")
+                kw = {"pool": pool, "pool_features": pool_feats} if (name == "lm" and args.pool) else {}
+                if opt == "nofallback":
+                    kw["lm_fallback"] = False
+                results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=name,
                                                   **kw))
                 secs += time.perf_counter() - t1
             counts = {k: 0 for k in ("hit", "unreachable", "stationary", "not_converged")}
@@ -142,13 +147,13 @@ def main(argv=None):
             dist = torch.cat([r.distance for r in results])
             reach = n - counts["unreachable"]
             per[method] = secs / n
-            print(f"{kind:6s} {method:7s} {n:4d} {counts['hit'] / n:6.1%} {counts['unreachable']:7d} "
+            print(f"{kind:6s} {method:14s} {n:4d} {counts['hit'] / n:6.1%} {counts['unreachable']:7d} "
                   f"{counts['stationary']:10d} {counts['not_converged']:8d} "
                   f"{(counts['hit'] / reach if reach else float('nan')):9.1%} {res.median().item():10.2e} "
                   f"{dist.mean().item():11.3f} {secs / n:7.2f}", flush=True)
-        if len(per) > 1:
-            base, new = list(per)[0], list(per)[-1]
-            print(f"{kind:6s} speed ratio {base}/{new} per image: {per[base] / per[new]:.2f}x", flush=True)
+        base = list(per)[0]
+        for other in list(per)[1:]:
+            print(f"{kind:6s} speed ratio {base}/{other} per image: {per[base] / per[other]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
