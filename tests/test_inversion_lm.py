@@ -1,0 +1,104 @@
+"""The continuation Levenberg-Marquardt inversion (method="lm"), its feature path and the miss diagnosis,
+on toy networks small enough to run in seconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsl.inversion import (diagnose, feature_bounds, feature_path, invert_to_features, residual_lower_bound)
+from fsl.models import create_model
+
+
+def _toy_selu(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("selu_mlp", input_shape=(1, 6, 6), hidden=(24, 6), mean=(0.5,), std=(0.5,)).eval()
+
+
+def _toy_resnet(seed: int = 0):
+    torch.manual_seed(seed)
+    m = create_model("resnet20", input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,))
+    for mod in m.modules():  # non-trivial running statistics, so BatchNorm is a real affine map
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def _feats(model, x):
+    with torch.no_grad():
+        return model.forward_features(x)
+
+
+@pytest.mark.parametrize("make", [_toy_selu, _toy_resnet])
+def test_feature_bounds_contain_every_image(make):
+    model = make()
+    lo, hi = feature_bounds(model)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(512, *model.input_shape, generator=g)
+    x[:128] = (x[:128] > 0.5).float()  # box corners too
+    f = _feats(model, x).double()
+    assert bool((f >= lo - 1e-5).all()) and bool((f <= hi + 1e-5).all())
+    assert bool((hi > lo).all())
+
+
+def test_reachable_target_is_hit_and_unreachable_one_is_proven():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(2)
+    refs = torch.rand(2, 1, 6, 6, generator=g)
+    reachable = _feats(model, torch.rand(1, 1, 6, 6, generator=g))[0]
+    lo, hi = feature_bounds(model)
+    unreachable = hi.float() + 1.0  # above what any image in the box can produce, inside the domain
+    targets = torch.stack([reachable, unreachable])
+    res = invert_to_features(model, targets, refs, tol=1e-3)
+    assert res.method == "lm"
+    assert bool(res.success[0]) and float(res.feature_residual[0]) <= 1e-3
+    indep = (_feats(model, res.images).double() - targets.double()).norm(dim=1) / targets.double().norm(dim=1)
+    torch.testing.assert_close(indep, res.feature_residual, rtol=1e-4, atol=1e-7)
+    assert not bool(res.success[1])
+    diag = diagnose(model, res, targets)
+    assert diag.category == ["hit", "unreachable"]
+    assert float(diag.lower_bound[1]) > float(diag.abs_tol[1])
+    assert float(diag.lower_bound[1]) <= float((res.features[1].double() - targets[1].double()).norm())
+    # the bound is a bound: no lower than 0, and 0 for the reachable target
+    assert float(diag.lower_bound[0]) == 0.0
+
+
+def test_negative_relu_targets_are_proven_unreachable():
+    model = _toy_resnet()
+    t = _feats(model, torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))).double()
+    t[:, 0] = -0.5  # no ReLU feature is negative
+    lo, hi = feature_bounds(model)
+    assert bool((residual_lower_bound(t, lo, hi) >= 0.49).all())
+
+
+def test_feature_path_starts_at_the_sample_and_ends_at_the_target():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(1, 6, 6, generator=g)
+    t = _feats(model, torch.rand(1, 1, 6, 6, generator=g))[0]
+    path = feature_path(model, a, t, n_points=5, tol=1e-3)
+    assert path.images.shape == (5, 1, 6, 6)
+    assert torch.equal(path.images[0], a)
+    torch.testing.assert_close(path.features[0], _feats(model, a[None])[0])
+    assert bool(path.reached.all()), path.residual
+    assert float((path.features[-1].double() - t.double()).norm() / t.double().norm()) <= 1e-3
+    # the goals are the straight feature segment, and the images move away from a monotonically in s
+    torch.testing.assert_close(path.goals[2], 0.5 * (path.goals[0] + path.goals[-1]))
+    dist = (path.images.double() - a.double()).flatten(1).norm(dim=1)
+    assert float(dist[-1]) > 0 and bool((dist[1:] >= dist[:-1] - 1e-6).all())
+
+
+def test_old_and_new_methods_agree_on_an_easy_target():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(5)
+    refs = torch.rand(4, 1, 6, 6, generator=g) * 0.6 + 0.2
+    near = (refs + 0.05 * torch.randn(4, 1, 6, 6, generator=g)).clamp(0, 1)
+    targets = _feats(model, near)
+    new = invert_to_features(model, targets, refs, method="lm")
+    old = invert_to_features(model, targets, refs, method="al+sqp")
+    assert bool(new.success.all()) and bool(old.success.all())
+    assert not bool(new.extra["fallback"].any())  # the path itself got there
+    moved = (near.double() - refs.double()).flatten(1).norm(dim=1)
+    # both find images no farther than the perturbed image itself, and close to each other
+    assert bool((new.distance <= moved * 1.05).all()) and bool((old.distance <= moved * 1.05).all())
+    torch.testing.assert_close(new.distance, old.distance, rtol=0.25, atol=1e-3)
