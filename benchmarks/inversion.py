@@ -16,7 +16,11 @@ image, and the speed ratio old/new.
 
 Usage: python benchmarks/inversion.py [--checkpoint PATH] [--model selu_mlp|resnet20] [--n 100]
        [--batch 20] [--epochs 15] [--methods al+sqp,lm,lm:nofallback] [--kinds flip,hull] [--threads 2]
-       [--pool 4000]
+       [--pool 4000] [--probe 1500] [--probe-random 1] [--save results.pt]
+
+``--probe N`` runs fsl.inversion.probe_reachability (N projected-Adam steps from the sample and random
+starts) on every target some method missed and splits the misses: probe hit (the target is reachable,
+the miss was the solver's), probe within 10 tol, probe above 10 tol (a residual floor: evidence, not proof).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import time
 import torch
 
 from fsl.data import mnist5k_tensors
-from fsl.inversion import diagnose, invert_to_features
+from fsl.inversion import diagnose, invert_to_features, probe_reachability
 from fsl.models import create_model
 
 
@@ -104,6 +108,11 @@ def main(argv=None):
     ap.add_argument("--kinds", default="flip,hull")
     ap.add_argument("--pool", type=int, default=0,
                     help="method lm: restart misses from the nearest of this many training images (0: off)")
+    ap.add_argument("--probe", type=int, default=0,
+                    help="projected-Adam steps of probe_reachability on every target some method missed (0: off); "
+                         "splits the misses into proven reachable / near / residual floor")
+    ap.add_argument("--probe-random", type=int, default=1, help="random uniform starts of the probe besides the sample")
+    ap.add_argument("--save", default=None, help="torch.save per-sample results (targets, residuals, categories) here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,9 +133,10 @@ def main(argv=None):
               f"{'not conv':>8s} {'hit/reach':>9s} {'median res':>10s} {'mean |x-xr|':>11s} {'s/img':>7s}")
     print(header)
     print("-" * len(header))
+    saved = {}
     for kind in args.kinds.split(","):
         t = targets_for(kind, model, test, others, train_feats)
-        per = {}
+        per, diags, resids = {}, {}, {}
         for method in args.methods.split(","):
             results, secs = [], 0.0
             for s in range(0, len(test), args.batch):
@@ -139,21 +149,59 @@ def main(argv=None):
                                                   **kw))
                 secs += time.perf_counter() - t1
             counts = {k: 0 for k in ("hit", "unreachable", "stationary", "not_converged")}
+            cats = []
             for s, r in zip(range(0, len(test), args.batch), results):
-                for k, v in diagnose(model, r, t[s:s + args.batch]).counts().items():
+                dg = diagnose(model, r, t[s:s + args.batch])
+                cats += dg.category
+                for k, v in dg.counts().items():
                     counts[k] += v
+            diags[method] = cats
             n = len(test)
             res = torch.cat([r.feature_residual for r in results])
             dist = torch.cat([r.distance for r in results])
+            resids[method] = res
             reach = n - counts["unreachable"]
             per[method] = secs / n
             print(f"{kind:6s} {method:14s} {n:4d} {counts['hit'] / n:6.1%} {counts['unreachable']:7d} "
                   f"{counts['stationary']:10d} {counts['not_converged']:8d} "
                   f"{(counts['hit'] / reach if reach else float('nan')):9.1%} {res.median().item():10.2e} "
                   f"{dist.mean().item():11.3f} {secs / n:7.2f}", flush=True)
+        if args.probe:
+            missed = torch.tensor([any(diags[m][i] in ("stationary", "not_converged") for m in diags)
+                                   for i in range(len(test))])
+            pres = torch.full((len(test),), float("nan"), dtype=torch.float64)
+            idx = missed.nonzero().flatten()
+            t1 = time.perf_counter()
+            for s in range(0, idx.numel(), args.batch):
+                b = idx[s:s + args.batch]
+                pr = probe_reachability(model, t[b], test[b], n_random=args.probe_random, steps=args.probe,
+                                        generator=torch.Generator().manual_seed(s))
+                pres[b] = pr.residual.cpu()
+            secs = time.perf_counter() - t1
+            print(f"{kind:6s} probe ({args.probe} Adam steps from the sample + {args.probe_random} random starts) on "
+                  f"the {idx.numel()} targets some method missed, {secs / max(idx.numel(), 1):.2f} s/target; "
+                  f"best relative residual min / median / max "
+                  f"{pres[idx].min().item() if idx.numel() else float('nan'):.2e} / "
+                  f"{pres[idx].median().item() if idx.numel() else float('nan'):.2e} / "
+                  f"{pres[idx].max().item() if idx.numel() else float('nan'):.2e}", flush=True)
+            tol = 1e-3
+            for m, cats in diags.items():
+                miss = [i for i, c in enumerate(cats) if c in ("stationary", "not_converged")]
+                split = {"reachable": 0, "near": 0, "floor": 0}
+                for i in miss:
+                    r = pres[i].item()
+                    split["reachable" if r <= tol else "near" if r <= 10 * tol else "floor"] += 1
+                print(f"{kind:6s} {m:14s} misses {len(miss)}: probe hit (proven reachable, solver miss) "
+                      f"{split['reachable']}, probe within 10 tol {split['near']}, probe above 10 tol "
+                      f"(residual floor, not a proof) {split['floor']}", flush=True)
+            saved[kind] = dict(targets=t, categories=diags, residuals=resids, probe_residual=pres)
+        elif args.save:
+            saved[kind] = dict(targets=t, categories=diags, residuals=resids)
         base = list(per)[0]
         for other in list(per)[1:]:
             print(f"{kind:6s} speed ratio {base}/{other} per image: {per[base] / per[other]:.2f}x", flush=True)
+    if args.save:
+        torch.save(saved, args.save)
 
 
 if __name__ == "__main__":

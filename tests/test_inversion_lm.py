@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsl.inversion import (diagnose, feature_bounds, feature_path, invert_to_features, residual_lower_bound)
+from fsl.inversion import (diagnose, feature_bounds, feature_path, invert_to_features, probe_reachability,
+                           residual_lower_bound)
 from fsl.models import create_model
 
 
@@ -102,3 +103,66 @@ def test_old_and_new_methods_agree_on_an_easy_target():
     # both find images no farther than the perturbed image itself, and close to each other
     assert bool((new.distance <= moved * 1.05).all()) and bool((old.distance <= moved * 1.05).all())
     torch.testing.assert_close(new.distance, old.distance, rtol=0.25, atol=1e-3)
+
+
+def test_probe_hits_reachable_targets_and_never_beats_a_certified_bound():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(6)
+    refs = torch.rand(3, 1, 6, 6, generator=g)
+    reachable = _feats(model, torch.rand(2, 1, 6, 6, generator=g))
+    lo, hi = feature_bounds(model)
+    unreachable = (hi.float() + 1.0).unsqueeze(0)
+    targets = torch.cat([reachable, unreachable])
+    probe = probe_reachability(model, targets, refs, n_random=2, steps=1500, lr=0.05,
+                               generator=torch.Generator().manual_seed(0))
+    assert probe.images.shape == refs.shape and bool((probe.images >= 0).all()) and bool((probe.images <= 1).all())
+    # the residual is re-measured on the returned images, independently here
+    indep = (_feats(model, probe.images).double() - targets.double()).norm(dim=1) / targets.double().norm(dim=1)
+    torch.testing.assert_close(indep, probe.residual, rtol=1e-6, atol=1e-9)
+    assert probe.hit.tolist() == [True, True, False]
+    # the certified lower bound of the unreachable target holds for the probe's image too
+    bound = residual_lower_bound(unreachable, lo, hi)[0] / unreachable.double().norm()
+    assert float(probe.residual[2]) >= float(bound) > 1e-3
+    assert 0 <= int(probe.start.min()) and int(probe.start.max()) <= 2
+
+
+def test_diagnose_splits_misses_by_the_probe():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(7)
+    refs = torch.rand(2, 1, 6, 6, generator=g)
+    targets = _feats(model, torch.rand(2, 1, 6, 6, generator=g))
+    # a budget of one trial point and no fallback: both targets are missed by the solver ...
+    res = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False)
+    assert not bool(res.success.any())
+    probe = probe_reachability(model, targets, refs, steps=1500, lr=0.05)
+    diag = diagnose(model, res, targets, probe=probe)
+    # ... and the probe proves them reachable: solver misses, not a floor
+    assert diag.miss_split(1e-3) == {"reachable": 2, "near": 0, "floor": 0}
+    with pytest.raises(ValueError, match="no probe"):
+        diagnose(model, res, targets).miss_split(1e-3)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(steps=0), "steps must be a positive int"),
+    (dict(n_random=-1), "n_random must be an int"),
+    (dict(lr=float("nan")), "lr must be a positive finite"),
+])
+def test_probe_rejects_bad_options(kw, match):
+    model = _toy_selu()
+    x = torch.rand(1, 1, 6, 6)
+    with pytest.raises(ValueError, match=match):
+        probe_reachability(model, _feats(model, x), x, **kw)
+
+
+def test_probe_rejects_bad_targets_and_starts():
+    model = _toy_selu()
+    x = torch.rand(2, 1, 6, 6)
+    t = _feats(model, x)
+    with pytest.raises(ValueError, match="2 targets"):
+        probe_reachability(model, t, x[:1])
+    bad = t.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        probe_reachability(model, bad, x)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        probe_reachability(model, t, x + 2.0)

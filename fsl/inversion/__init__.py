@@ -4,7 +4,8 @@
   a ball or onto a sphere around it (``InversionResult`` with honest residuals and success flags).
 * :func:`feature_path` -- the continuation path of ``method="lm"``: a morph whose features move
   along the straight segment to a target; :func:`diagnose`, :func:`feature_bounds` -- why a miss
-  missed (certified unreachable or a solver miss).
+  missed (certified unreachable or a solver miss); :func:`probe_reachability` -- multi-start
+  projected Adam: a hit proves a target reachable.
 * :func:`morph`, :func:`pixel_line_feature_path`, :func:`two_point_equidistant` -- paper
   Figures 8-9 and appendix A; :func:`make_references` (black, white, sample, other).
 * :func:`jacobian_null_space`, :func:`null_space_directions`, :func:`null_step_response`,
@@ -15,7 +16,8 @@ from fsl.inversion.core import METHODS, MODES, InversionResult, invert_to_featur
 from fsl.inversion.paths import (REFERENCE_KINDS, FeaturePath, MorphResult, PixelLinePath, black_reference, feature_path,
                                  make_references, morph, pixel_line_feature_path, two_point_equidistant,
                                  white_reference)
-from fsl.inversion.reach import CATEGORIES, Diagnosis, diagnose, feature_bounds, residual_lower_bound
+from fsl.inversion.reach import (CATEGORIES, Diagnosis, Probe, diagnose, feature_bounds, probe_reachability,
+                                 residual_lower_bound)
 from fsl.inversion.preimage import (LevelSetWalk, NullSpace, StepResponse, jacobian_null_space,
                                     level_set_walk, null_space_directions, null_space_directions_from,
                                     null_step_response)
@@ -25,7 +27,7 @@ __all__ = [
     "feature_jacobian", "frozen_eval",
     "make_references", "black_reference", "white_reference", "REFERENCE_KINDS",
     "feature_path", "FeaturePath",
-    "diagnose", "Diagnosis", "CATEGORIES", "feature_bounds", "residual_lower_bound",
+    "diagnose", "Diagnosis", "CATEGORIES", "feature_bounds", "residual_lower_bound", "probe_reachability", "Probe",
     "morph", "MorphResult", "pixel_line_feature_path", "PixelLinePath", "two_point_equidistant",
     "jacobian_null_space", "NullSpace", "null_space_directions", "null_space_directions_from",
     "null_step_response", "StepResponse", "level_set_walk", "LevelSetWalk",

@@ -13,6 +13,13 @@ r"""Why an inversion missed: certified unreachability or a solver miss (docs/inv
   the residual by more than 10% (a local minimum of ``||N(x) - t||`` on the box: a local, not a
   global, obstruction), else ``not_converged`` (the linear model still predicts progress: budget).
 
+* :func:`probe_reachability` -- the *empirical* side: projected Adam (Kingma & Ba, arXiv 1412.6980)
+  on ``||N(x) - t||^2`` over the box from several starts (the reference, random and given images),
+  the best iterate per target kept and re-measured. A probe image within the tolerance *proves*
+  the target reachable (the miss was the solver's); a probe that stays above it is evidence, not
+  proof, of a residual floor (first-order steps need no smooth model, so they also move where
+  Gauss-Newton steps on a ReLU network are rejected).
+
 The bounds are sound but loose for deep nets (the box is the whole input space); they prove targets
 outside the feature domain or beyond what any image can produce unreachable, and say nothing about
 targets inside the interval hull, which is where flip points and hull projections of trained
@@ -20,13 +27,14 @@ models lie (measured in docs/inversion.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.inversion._common import check_values, features_of, frozen_eval
+from fsl.inversion._common import check_images, check_values, features_of, frozen_eval
 
 CATEGORIES = ("hit", "unreachable", "stationary", "not_converged")
 
@@ -132,6 +140,8 @@ class Diagnosis:
         linear_ratio: (B,) float64 ``||c + J d|| / ||c||`` of the box-constrained Gauss-Newton step at
             the returned image (NaN for hits and proven-unreachable targets).
         bounded: whether :func:`feature_bounds` knows the model.
+        probe_residual: (B,) float64 relative residual of the best probe image
+            (:func:`probe_reachability`), NaN where no probe was given.
     """
 
     category: list
@@ -139,17 +149,122 @@ class Diagnosis:
     abs_tol: torch.Tensor
     linear_ratio: torch.Tensor
     bounded: bool
+    probe_residual: torch.Tensor | None = None
 
     def counts(self) -> dict[str, int]:
         return {k: sum(1 for c in self.category if c == k) for k in CATEGORIES}
 
+    def miss_split(self, tol: float, factor: float = 10.0) -> dict[str, int]:
+        """Misses (``stationary`` / ``not_converged``) split by the probe: ``reachable`` (a probe image
+        is within ``tol``: proven reachable, a solver miss), ``near`` (probe within ``factor * tol``),
+        ``floor`` (the probe also stayed above ``factor * tol``: evidence of a residual floor)."""
+        if self.probe_residual is None:
+            raise ValueError("Diagnosis.miss_split: no probe; pass probe=probe_reachability(...) to diagnose")
+        out = {"reachable": 0, "near": 0, "floor": 0}
+        for c, r in zip(self.category, self.probe_residual.tolist()):
+            if c in ("stationary", "not_converged"):
+                out["reachable" if r <= tol else "near" if r <= factor * tol else "floor"] += 1
+        return out
+
+
+@dataclass
+class Probe:
+    """Result of :func:`probe_reachability` (tensors on the model's device).
+
+    Attributes:
+        images: (B, C, H, W) best image per target, in [0, 1], model dtype.
+        residual: (B,) float64 ``||N(x) - t|| / max(||t||, abs_floor)`` re-measured on ``images``.
+        hit: (B,) bool, ``residual <= tol`` (the target is reachable: ``images`` is the proof).
+        start: (B,) int64 index of the start the best image came from.
+        steps: Adam steps per start.
+    """
+
+    images: torch.Tensor
+    residual: torch.Tensor
+    hit: torch.Tensor
+    start: torch.Tensor
+    steps: int
+
+
+def probe_reachability(model: nn.Module, targets: torch.Tensor, starts: torch.Tensor, n_random: int = 0,
+                       steps: int = 1500, lr: float = 0.02, tol: float = 1e-3, abs_floor: float = 1e-6,
+                       generator: torch.Generator | None = None) -> Probe:
+    """Best image found by projected Adam on ``sum_b ||N(x_b) - t_b||^2``, ``x`` clipped to [0, 1]
+    after every step, from every start (module docstring). Evidence about reachability, not a bound:
+    a hit proves a target reachable, a miss proves nothing.
+
+    Args:
+        model: network with ``forward_features``; used in eval mode, its weights untouched.
+        targets: (B, f) finite feature targets.
+        starts: (B, C, H, W) or (K, B, C, H, W) start images in [0, 1] (e.g. the references, or
+            training images); ``n_random`` uniform random starts (``generator``) are added.
+        steps: Adam steps per start; the learning rate follows a cosine from ``lr`` to ``lr / 100``.
+        tol: relative tolerance of ``hit`` (as in :func:`fsl.inversion.invert_to_features`).
+
+    Returns:
+        :class:`Probe`. Cost: ``steps`` forward+backward passes of a batch of ``K * B`` images.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"probe_reachability: steps must be a positive int, got {steps!r}")
+    if not isinstance(n_random, int) or n_random < 0:
+        raise ValueError(f"probe_reachability: n_random must be an int >= 0, got {n_random!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"probe_reachability: lr must be a positive finite number, got {lr!r}")
+    t = check_values("probe_reachability targets", targets, 2, what="(B, f)")
+    x0 = check_images("probe_reachability starts", starts, ndim=(4, 5))
+    if x0.dim() == 4:
+        x0 = x0.unsqueeze(0)
+    K, B = x0.shape[0], x0.shape[1]
+    if B != t.shape[0]:
+        raise ValueError(f"probe_reachability: {B} images per start for {t.shape[0]} targets; starts must be "
+                         f"(B, C, H, W) or (K, B, C, H, W) with B = len(targets)")
+    p0 = next(iter(model.parameters()))
+    dev, dt = p0.device, p0.dtype
+    x0 = x0.to(dev, dt)
+    if n_random:
+        g = torch.rand((n_random, *x0.shape[1:]), generator=generator, dtype=torch.float64).to(dev, dt)
+        x0 = torch.cat([x0, g])
+        K += n_random
+    T = t.to(dev).double()
+    tn = T.norm(dim=1).clamp_min(abs_floor)
+    Tk = T.to(dt).repeat(K, 1)
+    with frozen_eval(model):
+        x = x0.reshape(K * B, *x0.shape[2:]).clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
+        best = torch.full((K * B,), float("inf"), dtype=torch.float64, device=dev)
+        best_x = x.detach().clone()
+        for i in range(steps + 1):
+            with torch.enable_grad():
+                f = model.forward_features(x)
+                r = (f - Tk).pow(2).sum(1)
+                loss = r.sum()
+            with torch.no_grad():
+                rel = (f.detach().double() - T.repeat(K, 1)).norm(dim=1) / tn.repeat(K)
+                better = rel < best
+                best = torch.where(better, rel, best)
+                best_x[better] = x.detach()[better]
+            if i == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = lr / 100 + 0.5 * (lr - lr / 100) * (1 + math.cos(math.pi * i / steps))
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(0.0, 1.0)
+        k = best.view(K, B).argmin(0)
+        images = best_x.view(K, B, *x0.shape[2:])[k, torch.arange(B, device=dev)]
+        res = (features_of(model, images).double() - T).norm(dim=1) / tn
+    return Probe(images=images, residual=res, hit=res <= tol, start=k, steps=steps)
+
 
 def diagnose(model: nn.Module, result, targets: torch.Tensor, abs_floor: float = 1e-6,
-             stationary_ratio: float = 0.9) -> Diagnosis:
+             stationary_ratio: float = 0.9, probe: Probe | None = None) -> Diagnosis:
     """Explain every sample of a point-mode :class:`fsl.inversion.InversionResult` (module docstring).
 
     ``stationary_ratio``: a miss whose box-constrained Gauss-Newton model (tiny damping) keeps more
-    than this fraction of the residual is ``stationary``."""
+    than this fraction of the residual is ``stationary``. ``probe``: a :func:`probe_reachability` of
+    the same targets; its residuals go to ``Diagnosis.probe_residual`` (``miss_split``)."""
     from fsl.inversion._common import feature_jacobian
     from fsl.inversion.continuation import box_gn_step
 
@@ -187,7 +302,13 @@ def diagnose(model: nn.Module, result, targets: torch.Tensor, abs_floor: float =
             cat.append("stationary")
         else:
             cat.append("not_converged")
-    return Diagnosis(cat, bound, abs_tol, ratio, bounded)
+    pres = None
+    if probe is not None:
+        pres = probe.residual.detach().double().cpu()
+        if pres.shape != (B,):
+            raise ValueError(f"diagnose: probe has {tuple(pres.shape)} residuals for {B} targets")
+    return Diagnosis(cat, bound, abs_tol, ratio, bounded, pres)
 
 
-__all__ = ["feature_bounds", "residual_lower_bound", "diagnose", "Diagnosis", "CATEGORIES"]
+__all__ = ["feature_bounds", "residual_lower_bound", "diagnose", "Diagnosis", "CATEGORIES",
+           "probe_reachability", "Probe"]
