@@ -410,3 +410,5 @@ def test_analyze_runs_featmap_with_every_map(selu_run, tmp_path):
     assert "featmap_images_layers_0" not in figs
     report = (out / "report.md").read_text()
     assert "## FeatMap" in report and "| layers.3 | linear |" in report and "![featmap_images_layers_3]" in report
+    # a FeatMap-only run measured none of the paper's quantities: no table of n/a rows
+    assert "Paper (ResNet-20, CIFAR-10) vs measured" not in report

@@ -103,11 +103,12 @@ def _per_sample(done, ctx) -> dict:
 def render_report(cfg, hp, ctx, metrics: dict, done) -> str:
     """``report.md``: the paper comparison, then every analysis' section with its figures."""
     lines = [f"# fsl analysis: {hp['model']['name']} on {hp['data']['name']}", "",
-             f"Checkpoint: `{cfg.ckpt_path}`  ", f"Analyses: {', '.join(a.name for a, _, _ in done)}.", "",
-             "## Paper (ResNet-20, CIFAR-10) vs measured", "",
-             "| quantity | paper | measured |", "|---|---|---|"]
-    for key, (paper, what) in PAPER_CIFAR10.items():
-        lines.append(f"| {what} (`{key}`) | {fmt(paper)} | {fmt(metrics.get(key))} |")
+             f"Checkpoint: `{cfg.ckpt_path}`  ", f"Analyses: {', '.join(a.name for a, _, _ in done)}."]
+    if any(key in metrics for key in PAPER_CIFAR10):  # only when an analysis measured one of them
+        lines += ["", "## Paper (ResNet-20, CIFAR-10) vs measured", "",
+                  "| quantity | paper | measured |", "|---|---|---|"]
+        for key, (paper, what) in PAPER_CIFAR10.items():
+            lines.append(f"| {what} (`{key}`) | {fmt(paper)} | {fmt(metrics.get(key))} |")
     sections = set()
     for a, res, files in done:
         section = getattr(a, "section", None)
