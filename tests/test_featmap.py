@@ -150,9 +150,16 @@ def test_procrustes_recovers_an_orthogonal_map_and_global_dual_matches_primal():
     W = Yc.T @ torch.linalg.solve(Xc @ Xc.T + gm.lam * torch.eye(30, dtype=torch.float64), Xc)
     xt = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
     ref = (xt.flatten(1) - X.mean(0)) @ W.T + Y.mean(0)
-    torch.testing.assert_close(gm(xt).flatten(1).double(), ref, atol=1e-4, rtol=1e-4)  # N x D products in float32
-    torch.testing.assert_close(gm.singular_values()[:10], torch.linalg.svdvals(W)[:10], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(gm.wx(xt)[:, 0].double(), xt.flatten(1) @ W.T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gm(xt).flatten(1).double(), ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(gm.singular_values()[:10], torch.linalg.svdvals(W)[:10], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(gm.wx(xt)[:, 0].double(), xt.flatten(1) @ W.T, atol=1e-10, rtol=1e-10)
+    # more maps than dimensions (a pooled layer): W is D x D, so at most D singular values are nonzero,
+    # although they come from an N x N matrix
+    xv = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    yv = xv @ torch.randn(6, 6, generator=g, dtype=torch.float64) + 0.1 * torch.randn(200, 6, generator=g, dtype=torch.float64)
+    sv = fit_global_linear(xv, yv, ridge=0.05).singular_values()
+    assert sv.numel() == 200 and float(sv[6:].max()) <= 1e-6 * float(sv[0])
+    assert spectrum_metrics(sv)["rank"] == 6
 
 
 def test_effective_rank_and_spectrum():

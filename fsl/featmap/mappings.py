@@ -193,13 +193,15 @@ def fit_global_linear(x: Tensor, y: Tensor, ridge: float = 0.1) -> GlobalLinearM
     x, y = check_pair(x, y, "fit_global_linear: ")
     X, Y = x.flatten(1).double(), y.flatten(1).double()
     xm, ym = X.mean(0), Y.mean(0)
-    Xc, Yc = (X - xm).float(), (Y - ym).float()
-    K = (Xc @ Xc.T).double()
+    # float64 throughout: float32 Gram matrices put rounding-level eigenvalues (~1e-7 of the largest)
+    # into the N x N spectrum, i.e. spurious singular values of W above the rank threshold
+    Xc, Yc = X - xm, Y - ym
+    K = Xc @ Xc.T
     lam = float(ridge) * float(torch.trace(K)) / len(K)
     if not lam > 0:
         raise ValueError(f"fit_global_linear: ridge must be > 0 (got {ridge}) and the training maps must differ: "
                          f"the flattened problem has {X.shape[1]} unknowns per output and {len(X)} maps")
     k, V = torch.linalg.eigh((K + K.T) / 2)
-    P = V.T.float() @ Yc                                          # V^T Yc (N, D)
-    alpha = V.float() @ (P / (k.clamp_min(0) + lam).float()[:, None])  # (K + lam I)^-1 Yc
-    return GlobalLinearMap(xm.float(), ym.float(), Xc, alpha, tuple(x.shape[1:]), lam, (k, V), (P @ P.T).double())
+    P = V.T @ Yc                                                  # V^T Yc (N, D)
+    alpha = V @ (P / (k.clamp_min(0) + lam)[:, None])             # (K + lam I)^-1 Yc
+    return GlobalLinearMap(xm, ym, Xc, alpha, tuple(x.shape[1:]), lam, (k, V), P @ P.T)
