@@ -272,6 +272,8 @@ def test_bad_input_is_named_with_the_fix():
         featmap_study(model, x, x, mappings=["mlp"], sgd={"epochs": 3})
     with pytest.raises(ValueError, match="same shape"):
         fit_shared_linear(f, f[:, :3])
+    with pytest.raises(ValueError, match="figure_mapping 'linear' is not among the mappings \\['identity'\\]"):
+        featmap_study(model, x, x, mappings=["identity"], decoders={"conv": lambda h: h}, figure_mapping="linear")
 
 
 def test_featmap_analysis_is_opt_in_and_checks_its_options_when_built():

@@ -158,6 +158,9 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
     device = torch.device(device) if device is not None else next(model.parameters()).device
     layers = model_layers(model, layers)
     decoders = dict(decoders or {})
+    if decoders and n_figure > 0 and figure_mapping not in mappings:
+        raise ValueError(f"featmap: figure_mapping {figure_mapping!r} is not among the mappings {mappings}, so the "
+                         f"image rows would be empty; set figure_mapping to one of them (or n_figure=0)")
     res = FeatMapResult(layers=list(layers))
     grey = train_images.shape[1] == 1
     todo = []
