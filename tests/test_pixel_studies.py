@@ -125,6 +125,25 @@ def test_success_flags_are_honest(selu_setup):
         _, ok = mi.rows_and("success")
         assert not ok.any()
     assert res["hull"].metrics["inversion/hull/target_in_domain_frac"] == 0.0
+    # below SELU's floor: no image reaches them, and the interval bounds prove it for every attempted row
+    assert res["hull"].metrics["inversion/hull/unreachable"] == res["hull"].metrics["inversion/hull/n_attempted"]
+
+
+def test_misses_are_explained_and_probed(selu_setup):
+    """Every attempted sample is a hit, proven unreachable or a solver miss; the probe splits the misses."""
+    model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
+    n = 4
+    cfg = {**SMALL, "al_iter": 1, "al_inner_steps": 1, "max_iter": 1, "method": "al+sqp", "probe_steps": 200,
+           "probe_random": 1}
+    res = measure_inversions(model, Xte[:n], Fte[:n], Ftr, cfg)
+    for kind, mi in res.items():
+        m, p = mi.metrics, f"inversion/{kind}"
+        hits = round(m[p + "/success_rate"] * n)
+        assert hits + m[p + "/unreachable"] + m[p + "/stationary"] + m[p + "/not_converged"] == m[p + "/n_attempted"]
+        assert (m[p + "/probe_reachable"] + m[p + "/probe_near"] + m[p + "/probe_floor"]
+                == m[p + "/stationary"] + m[p + "/not_converged"])
+    assert sum(mi.metrics[f"inversion/{k}/n_attempted"] - round(mi.metrics[f"inversion/{k}/success_rate"] * n)
+               for k, mi in res.items()) > 0  # a one-step solver misses: the split was exercised: the split was exercised
 
 
 def test_resnet_skips_selu_studies(tmp_path):
