@@ -213,6 +213,24 @@ def test_closed_form_ridge_matches_sgd():
     torch.testing.assert_close(net.bias.detach().double(), closed.bias, atol=5e-3, rtol=0)
 
 
+def test_sgd_fit_with_dropout_is_reproducible_whatever_ran_before():
+    """Dropout draws from the global generator: the fit seeds it, so the map depends on the inputs and
+    ``seed`` only, and the caller's generator state is left as it was."""
+    g = _gen(12)
+    x, y = torch.randn(48, 4, 3, 3, generator=g), torch.randn(48, 4, 3, 3, generator=g)
+
+    def fit(advance: int):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(4, 8, 1), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(8, 4, 1))
+        torch.rand(advance)  # other work consumed random numbers before the fit
+        before = torch.random.get_rng_state()
+        fit_sgd(net, x, y, lr=1e-2, max_epochs=3, patience=3, seed=5)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    torch.testing.assert_close(fit(1), fit(1000), atol=0, rtol=0)
+
+
 # -- manipulations --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -47,7 +47,9 @@ def fit_sgd(net: nn.Module, x: Tensor, y: Tensor, *, lr: float = 1e-4, weight_de
     its loss drives ReduceLROnPlateau (``plateau_factor``, ``plateau_patience``) and early stopping
     (``patience`` epochs without improvement); the best epoch's weights are restored. Loss:
     :func:`featmap_loss` (``cos_weight=0`` gives plain MSE). ``max_seconds`` stops after the epoch
-    that exceeds it. Batches are drawn from a generator seeded by ``seed``. ``net`` ends in eval mode.
+    that exceeds it. Batches are drawn from a generator seeded by ``seed``, dropout from the global
+    generator seeded by ``seed`` for the fit (its state outside is left unchanged). ``net`` ends in
+    eval mode.
     """
     if x.shape != y.shape or len(x) < 2:
         raise ValueError(f"fit_sgd: x {tuple(x.shape)} and y {tuple(y.shape)} must be equal shapes with >= 2 samples")
@@ -66,34 +68,38 @@ def fit_sgd(net: nn.Module, x: Tensor, y: Tensor, *, lr: float = 1e-4, weight_de
     def loss_of(idx: Tensor) -> Tensor:
         return featmap_loss(net(x[idx].to(device)), y[idx].to(device), mse_weight, cos_weight)
 
-    for epoch in range(int(max_epochs)):
-        net.train()
-        order = tr[torch.randperm(len(tr), generator=g)]
-        total = 0.0
-        for s in range(0, len(order), int(batch_size)):
-            idx = order[s:s + int(batch_size)]
-            loss = loss_of(idx)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fit_sgd: the loss is {loss.item()} at epoch {epoch}: lower sgd.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        log.train_loss.append(total / len(tr))
-        net.eval()
-        with torch.no_grad():
-            val = float(sum(float(loss_of(va[s:s + 256])) * len(va[s:s + 256]) for s in range(0, len(va), 256))
-                        / len(va)) if len(va) else log.train_loss[-1]
-        log.val_loss.append(val)
-        sched.step(val)
-        if val < best:
-            best, bad, log.best_epoch = val, 0, epoch
-            best_state = copy.deepcopy(net.state_dict())
-        else:
-            bad += 1
-        if bad >= int(patience) or (max_seconds is not None and time.perf_counter() - t0 > max_seconds):
-            log.stopped_early = epoch + 1 < int(max_epochs)
-            break
+    # dropout draws from the global generator: seed it for the fit (leaving the caller's state as it was),
+    # so the same inputs give the same map whatever ran before
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        for epoch in range(int(max_epochs)):
+            net.train()
+            order = tr[torch.randperm(len(tr), generator=g)]
+            total = 0.0
+            for s in range(0, len(order), int(batch_size)):
+                idx = order[s:s + int(batch_size)]
+                loss = loss_of(idx)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"fit_sgd: the loss is {loss.item()} at epoch {epoch}: lower sgd.lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            log.train_loss.append(total / len(tr))
+            net.eval()
+            with torch.no_grad():
+                val = float(sum(float(loss_of(va[s:s + 256])) * len(va[s:s + 256]) for s in range(0, len(va), 256))
+                            / len(va)) if len(va) else log.train_loss[-1]
+            log.val_loss.append(val)
+            sched.step(val)
+            if val < best:
+                best, bad, log.best_epoch = val, 0, epoch
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                bad += 1
+            if bad >= int(patience) or (max_seconds is not None and time.perf_counter() - t0 > max_seconds):
+                log.stopped_early = epoch + 1 < int(max_epochs)
+                break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
