@@ -69,13 +69,13 @@ def manipulation(name: str) -> Manipulation:
 
 
 def check_images(images: Tensor, what: str = "images") -> None:
-    """``images`` must be a finite ``(B, C, H, W)`` tensor in [0, 1] with C in (1, 3)."""
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{what} must be a (B, C, H, W) tensor with C = 1 or 3, got {shape}")
-    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise ValueError(f"{what} must be finite and in [0, 1] (fsl's models take inputs in [0, 1]); "
-                         f"got values in [{float(images.min()):.4g}, {float(images.max()):.4g}]")
+    """``images`` must be a finite floating-point ``(B, C, H, W)`` tensor in [0, 1]
+    (:func:`fsl.inversion._common.check_images`: TypeError / ValueError naming the fix) with C in (1, 3)."""
+    from fsl.inversion._common import check_images as check_unit_images
+
+    check_unit_images(what, images, ndim=4)
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{what} must be a (B, C, H, W) tensor with C = 1 or 3, got {tuple(images.shape)}")
 
 
 def apply_manipulation(name: str, images: Tensor, seed: int = 0, params: dict | None = None
