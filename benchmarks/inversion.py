@@ -30,7 +30,7 @@ import time
 import torch
 
 from fsl.data import mnist5k_tensors
-from fsl.inversion import diagnose, invert_to_features, probe_reachability
+from fsl.inversion import diagnose, invert_to_features, probe_reachability, split_misses
 from fsl.models import create_model
 
 
@@ -136,7 +136,7 @@ def main(argv=None):
     saved = {}
     for kind in args.kinds.split(","):
         t = targets_for(kind, model, test, others, train_feats)
-        per, diags, resids = {}, {}, {}
+        per, diags, resids, tols = {}, {}, {}, {}
         for method in args.methods.split(","):
             results, secs = [], 0.0
             for s in range(0, len(test), args.batch):
@@ -155,7 +155,7 @@ def main(argv=None):
                 cats += dg.category
                 for k, v in dg.counts().items():
                     counts[k] += v
-            diags[method] = cats
+            diags[method], tols[method] = cats, results[0].tol
             n = len(test)
             res = torch.cat([r.feature_residual for r in results])
             dist = torch.cat([r.distance for r in results])
@@ -184,13 +184,9 @@ def main(argv=None):
                   f"{pres[idx].min().item() if idx.numel() else float('nan'):.2e} / "
                   f"{pres[idx].median().item() if idx.numel() else float('nan'):.2e} / "
                   f"{pres[idx].max().item() if idx.numel() else float('nan'):.2e}", flush=True)
-            tol = 1e-3
             for m, cats in diags.items():
                 miss = [i for i, c in enumerate(cats) if c in ("stationary", "not_converged")]
-                split = {"reachable": 0, "near": 0, "floor": 0}
-                for i in miss:
-                    r = pres[i].item()
-                    split["reachable" if r <= tol else "near" if r <= 10 * tol else "floor"] += 1
+                split = split_misses(cats, pres, tols[m])
                 print(f"{kind:6s} {m:14s} misses {len(miss)}: probe hit (proven reachable, solver miss) "
                       f"{split['reachable']}, probe within 10 tol {split['near']}, probe above 10 tol "
                       f"(residual floor, not a proof) {split['floor']}", flush=True)

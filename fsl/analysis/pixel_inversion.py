@@ -89,27 +89,23 @@ def _explain_misses(prefix: str, model, parts, targets, refs, o) -> dict[str, fl
     misses split by :func:`fsl.inversion.probe_reachability` from the sample and ``probe_random``
     random starts (``probe_reachable``: a probe image hits, the target is reachable; ``probe_near``:
     within 10 tol; ``probe_floor``: the probe stayed above 10 tol too)."""
-    from fsl.inversion import diagnose, probe_reachability
+    from fsl.inversion import diagnose, probe_reachability, split_misses
 
     counts = {"unreachable": 0, "stationary": 0, "not_converged": 0}
     steps = int(o.get("probe_steps") or 0)
     split = {"probe_reachable": 0, "probe_near": 0, "probe_floor": 0}
     tol = float(o["tol"])
     for rows, r in parts:
-        probe = None
+        dg = diagnose(model, r, targets[rows])
+        got = dg.counts()
+        for k in counts:
+            counts[k] += got[k]
         if steps > 0 and not bool(r.success.all()):
             miss = (~r.success.cpu()).nonzero().squeeze(1)
             pr = probe_reachability(model, targets[rows][miss], refs[rows][miss].to(r.images.device),
                                     n_random=int(o.get("probe_random") or 0), steps=steps, tol=tol,
                                     generator=torch.Generator().manual_seed(int(o.get("seed") or 0)))
-            full = torch.full((len(rows),), float("nan"), dtype=torch.float64)
-            full[miss] = pr.residual.cpu()
-            probe = SimpleNamespace(residual=full)
-        dg = diagnose(model, r, targets[rows], probe=probe)
-        for k in counts:
-            counts[k] += dg.counts()[k]
-        if probe is not None:
-            for k, v in dg.miss_split(tol).items():
+            for k, v in split_misses([dg.category[i] for i in miss.tolist()], pr.residual, tol).items():
                 split[f"probe_{k}"] += v
     out = {f"{prefix}/{k}": float(v) for k, v in counts.items()}
     if steps > 0:

@@ -17,7 +17,7 @@ from fsl.inversion.paths import (REFERENCE_KINDS, FeaturePath, MorphResult, Pixe
                                  make_references, morph, pixel_line_feature_path, two_point_equidistant,
                                  white_reference)
 from fsl.inversion.reach import (CATEGORIES, Diagnosis, Probe, diagnose, feature_bounds, probe_reachability,
-                                 residual_lower_bound)
+                                 residual_lower_bound, split_misses)
 from fsl.inversion.preimage import (LevelSetWalk, NullSpace, StepResponse, jacobian_null_space,
                                     level_set_walk, null_space_directions, null_space_directions_from,
                                     null_step_response)
@@ -27,7 +27,7 @@ __all__ = [
     "feature_jacobian", "frozen_eval",
     "make_references", "black_reference", "white_reference", "REFERENCE_KINDS",
     "feature_path", "FeaturePath",
-    "diagnose", "Diagnosis", "CATEGORIES", "feature_bounds", "residual_lower_bound", "probe_reachability", "Probe",
+    "diagnose", "Diagnosis", "CATEGORIES", "feature_bounds", "residual_lower_bound", "probe_reachability", "Probe", "split_misses",
     "morph", "MorphResult", "pixel_line_feature_path", "PixelLinePath", "two_point_equidistant",
     "jacobian_null_space", "NullSpace", "null_space_directions", "null_space_directions_from",
     "null_step_response", "StepResponse", "level_set_walk", "LevelSetWalk",

@@ -155,16 +155,30 @@ class Diagnosis:
         return {k: sum(1 for c in self.category if c == k) for k in CATEGORIES}
 
     def miss_split(self, tol: float, factor: float = 10.0) -> dict[str, int]:
-        """Misses (``stationary`` / ``not_converged``) split by the probe: ``reachable`` (a probe image
-        is within ``tol``: proven reachable, a solver miss), ``near`` (probe within ``factor * tol``),
-        ``floor`` (the probe also stayed above ``factor * tol``: evidence of a residual floor)."""
+        """:func:`split_misses` of this diagnosis and its probe."""
         if self.probe_residual is None:
             raise ValueError("Diagnosis.miss_split: no probe; pass probe=probe_reachability(...) to diagnose")
-        out = {"reachable": 0, "near": 0, "floor": 0}
-        for c, r in zip(self.category, self.probe_residual.tolist()):
-            if c in ("stationary", "not_converged"):
-                out["reachable" if r <= tol else "near" if r <= factor * tol else "floor"] += 1
-        return out
+        return split_misses(self.category, self.probe_residual, tol, factor)
+
+
+def split_misses(category, probe_residual: torch.Tensor, tol: float, factor: float = 10.0) -> dict[str, int]:
+    """Solver misses (``category`` ``stationary`` / ``not_converged``) split by the relative residual
+    of a probe of the same targets (:func:`probe_reachability`, (B,)): ``reachable`` (a probe image is
+    within ``tol``: proven reachable, a solver miss), ``near`` (probe within ``factor * tol``),
+    ``floor`` (the probe also stayed above ``factor * tol``: evidence of a residual floor)."""
+    res = probe_residual.detach().double().cpu().reshape(-1)  # NaN allowed where nothing was missed
+    if len(category) != res.numel():
+        raise ValueError(f"split_misses: {len(category)} categories but {res.numel()} probe residuals; probe the "
+                         f"same targets the diagnosis explains")
+    res = res.tolist()
+    unprobed = [i for i, (c, r) in enumerate(zip(category, res)) if c in ("stationary", "not_converged") and r != r]
+    if unprobed:
+        raise ValueError(f"split_misses: misses {unprobed[:5]} have no probe residual (NaN); probe every missed target")
+    out = {"reachable": 0, "near": 0, "floor": 0}
+    for c, r in zip(category, res):
+        if c in ("stationary", "not_converged"):
+            out["reachable" if r <= tol else "near" if r <= factor * tol else "floor"] += 1
+    return out
 
 
 @dataclass
@@ -227,7 +241,8 @@ def probe_reachability(model: nn.Module, targets: torch.Tensor, starts: torch.Te
         K += n_random
     T = t.to(dev).double()
     tn = T.norm(dim=1).clamp_min(abs_floor)
-    Tk = T.to(dt).repeat(K, 1)
+    Tk, tnk = T.repeat(K, 1), tn.repeat(K)  # one row per (start, target)
+    Tk_model = Tk.to(dt)
     with frozen_eval(model):
         x = x0.reshape(K * B, *x0.shape[2:]).clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
@@ -236,10 +251,9 @@ def probe_reachability(model: nn.Module, targets: torch.Tensor, starts: torch.Te
         for i in range(steps + 1):
             with torch.enable_grad():
                 f = model.forward_features(x)
-                r = (f - Tk).pow(2).sum(1)
-                loss = r.sum()
+                loss = (f - Tk_model).pow(2).sum()
             with torch.no_grad():
-                rel = (f.detach().double() - T.repeat(K, 1)).norm(dim=1) / tn.repeat(K)
+                rel = (f.detach().double() - Tk).norm(dim=1) / tnk
                 better = rel < best
                 best = torch.where(better, rel, best)
                 best_x[better] = x.detach()[better]
@@ -311,4 +325,4 @@ def diagnose(model: nn.Module, result, targets: torch.Tensor, abs_floor: float =
 
 
 __all__ = ["feature_bounds", "residual_lower_bound", "diagnose", "Diagnosis", "CATEGORIES",
-           "probe_reachability", "Probe"]
+           "probe_reachability", "Probe", "split_misses"]
