@@ -166,3 +166,21 @@ def test_probe_rejects_bad_targets_and_starts():
         probe_reachability(model, bad, x)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         probe_reachability(model, t, x + 2.0)
+
+
+def test_pool_restarts_replace_misses_with_hits_from_the_nearest_pool_image():
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(8)
+    refs = torch.rand(3, 1, 6, 6, generator=g)
+    sources = torch.rand(3, 1, 6, 6, generator=g)
+    targets = _feats(model, sources)
+    pool = torch.cat([torch.rand(5, 1, 6, 6, generator=g), sources])
+    # one trial point from the reference and no fallback: the path alone misses every target ...
+    alone = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False)
+    assert not bool(alone.success.any())
+    # ... the pool holds images with exactly the target features: restarting there hits them
+    res = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False, pool=pool)
+    assert bool(res.success.all()) and bool(res.extra["pool"].all())
+    indep = (_feats(model, res.images).double() - targets.double()).norm(dim=1) / targets.double().norm(dim=1)
+    torch.testing.assert_close(indep, res.feature_residual, rtol=1e-4, atol=1e-7)
+    assert bool((res.feature_residual <= 1e-3).all())

@@ -532,7 +532,8 @@ def _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features, k, n_
     dev = xs.device
     used = torch.zeros(xs.shape[0], dtype=torch.bool, device=dev)
     ar = torch.arange(xs.shape[0], device=dev)
-    mi = (sub.value(xs, ar).norm(dim=1) > tol_s).nonzero().squeeze(1)
+    c0 = sub.value(xs, ar).norm(dim=1)
+    mi = (c0 > tol_s).nonzero().squeeze(1)
     if mi.numel() == 0 or pool.shape[0] == 0:
         return xs, it_s, used
     pool = pool.to(dev, xs.dtype)
@@ -552,7 +553,7 @@ def _pool_restarts(sub, model, xs, xr_s, tol_s, it_s, pool, pool_features, k, n_
     score = torch.where(cp <= tol_s[rep], dist, 1e30 + cp).view(mi.numel(), kk)
     best = score.argmin(1)
     pick = torch.arange(mi.numel(), device=dev) * kk + best
-    better = cp[pick] < sub.value(xs[mi], mi).norm(dim=1)
+    better = cp[pick] < c0[mi]
     xs[mi[better]] = xp[pick[better]]
     it_s[mi] = it_s[mi] + itp.view(mi.numel(), kk).sum(1)
     used[mi[better]] = True
