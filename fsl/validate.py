@@ -54,7 +54,8 @@ def validate_train_config(cfg) -> None:
     p: list[str] = []
     _positive(p, cfg, "data.batch_size")
     _positive(p, cfg, "data.eval_batch_size")
-    _positive(p, cfg, "data.val_size", minimum=0)
+    _positive(p, cfg, "data.val_size", minimum=1, allow_none=True)
+    _positive(p, cfg, "data.test_size", minimum=1, allow_none=True)
     _positive(p, cfg, "data.limit_train", allow_none=True)
     _positive(p, cfg, "trainer.max_epochs", also=(-1,))
     for name, key in (("data", "data.name"), ("model", "model.name")):

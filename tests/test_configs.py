@@ -19,7 +19,7 @@ def test_groups_exist():
 def test_default_is_selu_mlp_on_mnist5k():
     cfg = compose_config("train")
     assert cfg.data.name == "mnist5k" and cfg.model.name == "selu_mlp"
-    assert cfg.data.val_size == 1000
+    assert (cfg.data.val_size, cfg.data.test_size) == (500, 1000)
 
 
 @pytest.mark.parametrize("experiment", GROUPS["experiment"])

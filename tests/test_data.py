@@ -107,18 +107,38 @@ def test_cifar_manifest_detects_tampering(tmp_path):
 
 
 def test_mnist5k_split_is_stratified_seeded_and_disjoint():
-    a = create_datamodule("mnist5k", val_size=1000, seed=3)
+    a = create_datamodule("mnist5k", seed=3)
     a.setup()
-    assert len(a.train_set) == 4000 and len(a.val_set) == 1000
-    assert np.bincount(a.val_set.labels.numpy()).tolist() == [100] * 10
-    b = create_datamodule("mnist5k", val_size=1000, seed=3)
+    assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (3500, 500, 1000)
+    assert np.bincount(a.val_set.labels.numpy()).tolist() == [50] * 10
+    assert np.bincount(a.test_set.labels.numpy()).tolist() == [100] * 10
+    b = create_datamodule("mnist5k", seed=3)
     b.setup()
     assert torch.equal(a.val_set.images, b.val_set.images)
-    train_keys = {bytes(img.numpy()) for img in a.train_set.images}
-    assert not any(bytes(img.numpy()) in train_keys for img in a.val_set.images[:200])
+    # the held-out splits are keyed by split_seed alone: another training seed, the same test split
+    c = create_datamodule("mnist5k", seed=7)
+    c.setup()
+    assert torch.equal(a.test_set.images, c.test_set.images) and torch.equal(a.val_set.images, c.val_set.images)
+    keys = {name: {bytes(img.numpy()) for img in ds.images} for name, ds in
+            (("train", a.train_set), ("val", a.val_set), ("test", a.test_set))}
+    # the three splits are disjoint (as sets of distinct images: mnist5k holds no duplicates across them)
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
     x, y = next(iter(a.train_dataloader()))
     assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert a.class_names == [str(i) for i in range(10)]
+
+
+def test_validation_is_held_out_from_training_never_the_test_split():
+    dm = create_datamodule("synthetic", val_size=40, synthetic={"num_train": 200, "num_test": 60})
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (160, 40, 60)
+    assert not torch.equal(dm.val_set.images[:5], dm.test_set.images[:5])
+    with pytest.raises(ValueError, match="val_size must be > 0"):
+        create_datamodule("synthetic", val_size=0)
+    with pytest.raises(ValueError, match="would leave no training images"):
+        create_datamodule("synthetic", val_size=500, synthetic={"num_train": 200}).setup()
+    with pytest.raises(ValueError, match="test_size"):
+        create_datamodule("mnist5k", test_size=0).setup()
 
 
 def test_stratified_split_counts():
@@ -157,8 +177,9 @@ def test_fashion_mnist_from_debian_package_if_present(tmp_path):
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     dm = create_datamodule("fashion_mnist", root=str(tmp_path))
     dm.setup()
-    assert len(dm.train_set) == 60000 and len(dm.test_set) == 10000
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
     assert np.bincount(dm.test_set.labels.numpy()).tolist() == [1000] * 10
+    assert np.bincount(dm.val_set.labels.numpy()).tolist() == [500] * 10
     assert dm.class_names[9] == "Ankle boot"
 
 

@@ -21,6 +21,11 @@ STATS = {
 }
 
 
+# Held-out sizes when not given: validation from the training data; a test split for sources without one.
+DEFAULT_VAL_SIZE = {"mnist5k": 500}  # synthetic: num_train // 8, at most 64
+DEFAULT_TEST_SIZE = {"mnist5k": 1000}
+
+
 class ImageTensorDataset(Dataset):
     """uint8 images (N, C, H, W) + labels; indexing with a list of indices returns a whole batch."""
 
@@ -90,22 +95,34 @@ def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.nd
 class ImageDataModule(pl.LightningDataModule):
     """One data set by name: ``mnist5k``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``.
 
-    Splits: ``val_size > 0`` holds out a seeded, stratified validation set from the training data;
-    ``val_size == 0`` validates on the test split. ``mnist5k`` has no test split: its validation
-    set doubles as the test set. ``train_eval_dataloader()`` is the training set without
-    augmentation and without shuffling (for training-set features).
+    Splits (select on validation, report on test): ``val_size`` (> 0) training images are held out
+    as a seeded, stratified validation split; checkpoints are selected and the per-epoch analyses
+    run on it. The test split is only for reporting (``test/*`` metrics, ``analyze.py``). A source
+    without a test split (``mnist5k``) first holds out ``test_size`` images as its test split, then
+    the validation split from the rest. The held-out draws are keyed by ``split_seed`` alone, so
+    the test split is the same for every training ``seed``. ``train_eval_dataloader()`` is the
+    training set without augmentation and without shuffling (for training-set features).
     """
 
     def __init__(self, name: str = "mnist5k", root: str = "data", batch_size: int = 128,
-                 eval_batch_size: int = 512, val_size: int = 0, seed: int = 0, num_workers: int = 0,
+                 eval_batch_size: int = 512, val_size: int | None = None, seed: int = 0, num_workers: int = 0,
                  crop_padding: int = 0, hflip: bool = False, limit_train: int | None = None,
-                 synthetic: dict | None = None):
+                 synthetic: dict | None = None, test_size: int | None = None, split_seed: int = 0):
         super().__init__()
         if name not in LOADERS:
             raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(LOADERS))}")
         self.name, self.root = name, str(root)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        if val_size is None:
+            n_syn = int((synthetic or {}).get("num_train", 512))
+            val_size = max(1, min(64, n_syn // 8)) if name == "synthetic" else DEFAULT_VAL_SIZE.get(name, 5000)
+        test_size = DEFAULT_TEST_SIZE.get(name) if test_size is None else test_size
         self.val_size, self.seed, self.num_workers = int(val_size), int(seed), int(num_workers)
+        self.test_size, self.split_seed = (None if test_size is None else int(test_size)), int(split_seed)
+        if self.val_size <= 0:
+            raise ValueError(f"data.val_size must be > 0, got {val_size}: checkpoints are selected on a validation "
+                             f"split held out from the training data, and the test split is only for reporting "
+                             f"(e.g. data.val_size=5000)")
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
         self.limit_train = limit_train
         self.synthetic = dict(synthetic or {})
@@ -139,21 +156,33 @@ class ImageDataModule(pl.LightningDataModule):
             return
         raw = LOADERS[self.name](Path(self.root), **self.synthetic)
         x_train, y_train = raw["train"]
-        if "test" in raw and self.val_size == 0:
-            x_val, y_val = raw["test"]
-        else:
-            holdout = self.val_size or 1000
-            keep, held = stratified_split(y_train, holdout, self.seed)
-            x_val, y_val = x_train[held], y_train[held]
+        if "test" in raw:
+            x_test, y_test = raw["test"]
+        else:  # no test split shipped: hold one out first, keyed by split_seed only
+            if not self.test_size or self.test_size <= 0:
+                raise ValueError(f"data set {self.name!r} ships no test split: set data.test_size > 0 "
+                                 f"(e.g. data.test_size=1000) to hold one out of its {len(y_train)} images")
+            keep, held = stratified_split(y_train, self._holdout(self.test_size, len(y_train), "test_size"),
+                                          self.split_seed)
+            x_test, y_test = x_train[held], y_train[held]
             x_train, y_train = x_train[keep], y_train[keep]
-        x_test, y_test = raw.get("test", (x_val, y_val))
-        if self.limit_train:
+        keep, held = stratified_split(y_train, self._holdout(self.val_size, len(y_train), "val_size"),
+                                      self.split_seed + 1)
+        x_val, y_val = x_train[held], y_train[held]
+        x_train, y_train = x_train[keep], y_train[keep]
+        if self.limit_train and int(self.limit_train) < len(y_train):
             keep, _ = stratified_split(y_train, len(y_train) - int(self.limit_train), self.seed)
             x_train, y_train = x_train[keep], y_train[keep]
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         self.train_set = ImageTensorDataset(t(x_train), t(y_train))
         self.val_set = ImageTensorDataset(t(x_val), t(y_val))
         self.test_set = ImageTensorDataset(t(x_test), t(y_test))
+
+    def _holdout(self, n: int, total: int, key: str) -> int:
+        if n >= total:
+            raise ValueError(f"data.{key}={n} would leave no training images (the split has {total}); "
+                             f"choose data.{key} < {total}")
+        return n
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # A (batch_size, RandomSampler) loader: Lightning recognises it as shuffled and swaps in a
