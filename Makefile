@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup train test test-fast analyze benchmark clean
+.PHONY: setup train test test-fast analyze study benchmark clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ train: $(STAMP)
 
 analyze: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) analyze.py $(ARGS)
+
+# One command per study: make study NAME=selu_mlp_mnist5k [ARGS="ckpt_path=<.ckpt> only=[featmap]"]
+study: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) study.py name=$(NAME) $(ARGS)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)

@@ -15,7 +15,7 @@ from fsl.analysis.base import Analysis, Result, build_analyses
 from fsl.analysis.context import Context
 from fsl.analysis.paper import PAPER_CIFAR10
 from fsl.analysis.report import fmt
-from fsl.analysis.results import ResultsDir
+from fsl.analysis.results import ResultsDir, check_results_folder
 from fsl.analysis.run import close_figures, flat_metrics, run_analyses
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def analyze(cfg) -> AnalysisResult:
     from fsl.validate import validate_analyze_config
 
     validate_analyze_config(cfg)
+    check_results_folder(cfg.output_dir)  # before any work: never a folder holding files fsl did not write
     t0 = time.time()
     device = _device(cfg.get("device", "auto"))
     model, hp = load_model(cfg.ckpt_path, expected_model=cfg.get("expected_model"), map_location=device)
@@ -53,7 +54,12 @@ def analyze(cfg) -> AnalysisResult:
                                   n_train=cfg.get("n_train"), n_eval=cfg.get("n_eval"),
                                   batch_size=int(cfg.get("batch_size", 1000)), device=device, progress=True,
                                   data_name=hp["data"]["name"])
-    out = ResultsDir(cfg.output_dir, staged=True)  # whole or absent: swapped in when everything is written
+    from fsl.publish.provenance import provenance, sha256
+
+    # refused before any work when the folder holds files fsl did not write; fsl's own files are
+    # replaced when everything is written
+    out = ResultsDir(cfg.output_dir, staged=True,
+                     meta={"checkpoint": {"path": str(cfg.ckpt_path), "sha256": sha256(cfg.ckpt_path)}, **provenance()})
     metrics: dict[str, float] = {}
     done: list[tuple[Analysis, Result, dict]] = []
 

@@ -1,0 +1,119 @@
+"""A study's README rendered from a template and the metrics its command wrote (no typed numbers).
+
+The template (``configs/study/<name>.md``) is Jinja2 with these names:
+
+* ``m``: the study's ``metrics.json`` (the analyses on the test split, flat W&B keys);
+* ``sub``: ``{sub-study: metrics.json}`` of every sub-study folder (``inversion``, ``featinv``,
+  ``featmap``, ``margin_training``, ...);
+* ``manifest``: the study's ``manifest.json`` (commands, seconds per stage, training metrics,
+  checkpoints, versions, hardware);
+
+and the filters ``g3`` (3 significant digits), ``f3``/``f4`` (fixed decimals), ``pct`` (percent,
+one decimal), ``int`` (thousands separators), ``secs`` (a wall time). A key that is not in the
+metrics is an error naming it, never an empty cell.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from fsl.analysis.results import MANIFEST, read_manifest
+from fsl.errors import FslError
+
+
+class RenderError(FslError, RuntimeError):
+    """A template that needs a number the study did not write."""
+
+
+def _num(x) -> float:
+    if isinstance(x, str):  # metrics.json writes inf as "inf"; anything else is not a number
+        return float(x) if x in ("inf", "-inf") else float("nan")
+    if x is None:
+        return float("nan")
+    return float(x)
+
+
+def g3(x) -> str:
+    v = _num(x)
+    return "n/a" if math.isnan(v) else f"{v:.3g}"
+
+
+def fixed(x, digits: int = 3) -> str:
+    v = _num(x)
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def pct(x, digits: int = 1) -> str:
+    v = _num(x)
+    return "n/a" if math.isnan(v) else f"{100 * v:.{digits}f}%"
+
+
+def integer(x) -> str:
+    v = _num(x)
+    return "n/a" if math.isnan(v) else f"{int(round(v)):,}"
+
+
+def secs(x) -> str:
+    v = _num(x)
+    if math.isnan(v):
+        return "n/a"
+    return f"{v:.0f} s" if v < 120 else f"{v:.0f} s ({v / 60:.1f} min)"
+
+
+def attacks(m: dict) -> list[str]:
+    """The attacks with results in ``m`` (``adv/<attack>/success_rate``), sorted."""
+    return sorted({k.split("/")[1] for k in m if k.startswith("adv/") and k.endswith("/success_rate")})
+
+
+def detectors(m: dict) -> list[str]:
+    """The detectors scored in ``m`` (``adv/<attack>/auroc/<detector>``), sorted."""
+    return sorted({k.split("/")[-1] for k in m if k.startswith("adv/") and "/auroc/" in k})
+
+
+def keys(m: dict, prefix: str, depth: int = 1) -> list[str]:
+    """The distinct path components at ``depth`` below ``prefix`` in the keys of ``m``, sorted."""
+    n = len(prefix.rstrip("/").split("/"))
+    return sorted({k.split("/")[n + depth - 1] for k in m if k.startswith(prefix.rstrip("/") + "/")
+                   and len(k.split("/")) > n + depth - 1})
+
+
+def median_over(m: dict, pattern: str, values) -> float:
+    """Median of ``m[pattern.format(v)]`` over ``values`` (the keys that exist; NaN when none)."""
+    xs = sorted(_num(m[pattern.format(v)]) for v in values if pattern.format(v) in m)
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan")
+    h = len(xs) // 2
+    return xs[h] if len(xs) % 2 else 0.5 * (xs[h - 1] + xs[h])
+
+
+def load_results(folder: str | Path) -> dict:
+    """``{"m", "sub", "manifest"}`` of a study folder, read from its committed files."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise RenderError(f"{folder} has no {MANIFEST}: run the study command first")
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    sub = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file()):
+        f = d / "metrics.json"
+        sub[d.name] = json.loads(f.read_text()) if f.is_file() else {}
+    return {"m": metrics, "sub": sub, "manifest": manifest}
+
+
+def render(template: str | Path, folder: str | Path) -> str:
+    """The README text of the study in ``folder`` from ``template``."""
+    import jinja2
+
+    template = Path(template)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.globals.update(attacks=attacks, detectors=detectors, keys=keys, median_over=median_over)
+    env.filters.update(g3=g3, f3=lambda x: fixed(x, 3), f4=lambda x: fixed(x, 4), f2=lambda x: fixed(x, 2),
+                       pct=pct, int=integer, secs=secs)
+    try:
+        return env.from_string(template.read_text()).render(**load_results(folder))
+    except jinja2.UndefinedError as e:
+        raise RenderError(f"{template}: {e} — the template asks for a number that {folder} does not hold; "
+                          f"re-run the study or fix the key in the template") from e
