@@ -33,7 +33,7 @@ def margin_vs_hull(margin, hull_distance, correct=None, title_suffix: str = ""):
     """Scatter of margin against hull distance with the line d_min = d_h."""
     m, h = _np(margin), _np(hull_distance)
     ok = np.isfinite(m) & np.isfinite(h)
-    fig, ax = plt.subplots(figsize=(5, 4.6))
+    fig, ax = plt.subplots(figsize=(5, 4.6), layout="constrained")
     if correct is None:
         ax.scatter(h[ok], m[ok], s=4, alpha=0.5)
     else:
@@ -58,7 +58,7 @@ def closest_class_bars(closest, pred, class_names):
     for pi, ci in zip(p, c):
         if 0 <= ci < n:
             counts[pi, ci] += 1
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.8), layout="constrained")  # room for the legend right of the axes
     bottom = np.zeros(n)
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     for j in range(n):
@@ -84,18 +84,33 @@ def ambiguity_grid(images, ambiguity, labels, preds, class_names, k: int = 16, m
 
 
 def margin_table_figure(distances, class_names, sample_ids, preds):
-    """Paper Table 1 as a heat map: margin of chosen samples to every class (inf = no boundary)."""
+    """Paper Table 1 as a heat map: margin of chosen samples to every class ("-": the predicted class,
+    "inf": no boundary; both grey), with a colour bar of the distance."""
     d = _np(distances)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * d.shape[1], 0.6 + 0.45 * d.shape[0]))
+    pred = [int(p) for p in preds]
+    fig, ax = plt.subplots(figsize=(2.2 + 0.8 * d.shape[1], 1.4 + 0.45 * d.shape[0]), layout="constrained")
     shown = np.where(np.isfinite(d), d, np.nan)
-    ax.imshow(shown, cmap="viridis_r", aspect="auto")
+    for r, p in enumerate(pred):
+        if 0 <= p < d.shape[1]:
+            shown[r, p] = np.nan
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, aspect="auto")
+    norm = im.norm
     for r in range(d.shape[0]):
         for c in range(d.shape[1]):
-            txt = "-" if c == int(preds[r]) else ("inf" if np.isinf(d[r, c]) else f"{d[r, c]:.3f}")
-            ax.text(c, r, txt, ha="center", va="center", fontsize=7, color="w")
+            txt = "-" if c == pred[r] else ("inf" if np.isinf(d[r, c]) else f"{d[r, c]:.3f}")
+            if np.isfinite(shown[r, c]):
+                cr, cg, cb, _ = cmap(norm(shown[r, c]))
+                color = "white" if 0.299 * cr + 0.587 * cg + 0.114 * cb < 0.5 else "black"
+            else:
+                color = "black"
+            ax.text(c, r, txt, ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(d.shape[1]))
-    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(d.shape[0]))
-    ax.set_yticklabels([f"#{s} ({class_names[int(p)]})" for s, p in zip(sample_ids, preds)], fontsize=8)
+    ax.set_yticklabels([f"#{s} ({class_names[p]})" for s, p in zip(sample_ids, pred)], fontsize=8)
     ax.set_title("distance to the decision boundary of each class (feature space)", fontsize=9)
+    cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cb.set_label("distance to the boundary\n(feature space)", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
     return fig

@@ -11,42 +11,60 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fsl.plots.common import _np, _save, _show, image_grid, plt  # noqa: F401  (image_grid re-exported)
+from fsl.plots.common import (_cell, _np, _pack, _save, _show, _signed_colorbar, _vmax, _wrap,  # noqa: F401
+                               image_grid, plt)  # (image_grid re-exported)
 
 
 def image_rows(rows: Sequence, row_labels: Sequence[str] | None = None, col_titles=None,
                symmetric_rows: Sequence[bool] | None = None, suptitle: str | None = None, path=None,
-               scale: float = 1.4):
+               scale: float = 1.4, cbar_labels: Sequence[str | None] | None = None,
+               per_image_rows: Sequence[bool] | None = None):
     """Rows of images, each row (N_i, C, H, W); used for the preimage grid (Jacobian preimages of latent vectors Fig. 2),
-    flip-point / hull / perimeter figures (reference, inversion, difference) and Pattichis & Pattichis, SSIAI 2024 Fig. 1."""
+    flip-point / hull / perimeter figures (reference, inversion, difference) and Pattichis & Pattichis, SSIAI 2024 Fig. 1.
+
+    A ``symmetric`` row (signed values) shares one colour scale, shown by a colour bar at its right end,
+    labelled ``cbar_labels[row]`` (default: the row label); a symmetric row with ``per_image_rows[row]``
+    shows every image divided by its own largest |value| instead (colour bar -1..1). Row labels longer than
+    an image is high are wrapped."""
     arrs = [_np(r) for r in rows]
     ncols = max(a.shape[0] for a in arrs)
-    fig, axes = plt.subplots(len(arrs), ncols, figsize=(scale * ncols, scale * len(arrs)), squeeze=False)
+    cell_w, cell_h = _cell(arrs[0], scale)
+    fig, axes = plt.subplots(len(arrs), ncols, squeeze=False)
     for ri, a in enumerate(arrs):
-        sym = bool(symmetric_rows[ri]) if symmetric_rows is not None else False
+        sym = bool(symmetric_rows[ri]) if symmetric_rows is not None and ri < len(symmetric_rows) else False
+        each = sym and per_image_rows is not None and ri < len(per_image_rows) and bool(per_image_rows[ri])
+        if each:
+            a = a / np.array([_vmax(im) for im in a])[:, None, None, None]
+        v = (1.0 if each else _vmax(a)) if sym else None
+        last = None
         for ci in range(ncols):
             ax = axes[ri, ci]
             if ci < a.shape[0]:
-                _show(ax, a[ci], sym)
+                last = _show(ax, a[ci], sym, v)
                 if ri == 0 and col_titles is not None and ci < len(col_titles):
-                    ax.set_title(str(col_titles[ci]), fontsize=7)
-                if col_titles is not None and ri > 0 and isinstance(col_titles, dict):
-                    pass
+                    ax.set_title(str(col_titles[ci]), fontsize=7, pad=3)
             else:
                 ax.axis("off")
-        if row_labels is not None and ri < len(row_labels):
-            axes[ri, 0].set_ylabel(str(row_labels[ri]), fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+        label = str(row_labels[ri]) if row_labels is not None and ri < len(row_labels) else None
+        if label is not None:
+            axes[ri, 0].set_ylabel(_wrap(fig, label, 7, 0.95 * cell_h), fontsize=7)
+        if sym and last is not None:
+            cl = cbar_labels[ri] if cbar_labels is not None and ri < len(cbar_labels) else None
+            cl = cl or (label if label else "value (signed)")
+            if each:
+                cl = f"{cl} / max |value| of each image"
+            full = a.shape[0] >= ncols
+            _signed_colorbar(axes[ri, -1] if full else axes[ri, a.shape[0]], last, a.shape[1], v,
+                             _wrap(fig, cl, 6, 0.95 * cell_h), "right" if full else "inside")
+    return _save(_pack(fig, axes, cell_w, cell_h, suptitle=suptitle), path)
 
 
 def inversion_figure(references, inversions, result=None, targets_label: str = "target",
                      path=None, max_items: int = 8):
-    """Reference / inversion / |difference| columns for flip-point (Fig. 3), hull-projection (Fig. 5)
+    """Reference / inversion / difference columns for flip-point (Fig. 3), hull-projection (Fig. 5)
     or perimeter (Fig. 7) images; titles carry residual, distance and success when ``result``
-    (an InversionResult) is given."""
+    (an InversionResult) is given. The difference row shares one signed colour scale (colour bar at its
+    right end)."""
     r = _np(references)[:max_items]
     x = _np(inversions)[:max_items]
     titles = None
@@ -54,19 +72,23 @@ def inversion_figure(references, inversions, result=None, targets_label: str = "
         res = result.feature_residual.detach().cpu().numpy()
         dist = result.distance.detach().cpu().numpy()
         ok = result.success.detach().cpu().numpy()
-        titles = [f"res {res[i]:.1e} d {dist[i]:.2f}{'' if ok[i] else ' MISS'}" for i in range(len(x))]
-    fig, axes = plt.subplots(3, len(x), figsize=(1.6 * len(x), 5.0), squeeze=False)
+        titles = [f"res {res[i]:.1e}\nd {dist[i]:.2f}{'' if ok[i] else ' MISS'}" for i in range(len(x))]
+    fig, axes = plt.subplots(3, len(x), squeeze=False)
+    diff = x - r[: len(x)]
+    v = _vmax(diff)
+    last = None
     for i in range(len(x)):
         _show(axes[0, i], r[i])
         _show(axes[1, i], x[i])
-        _show(axes[2, i], x[i] - r[i], symmetric=True)
+        last = _show(axes[2, i], diff[i], symmetric=True, vrange=v)
         if titles:
-            axes[1, i].set_title(titles[i], fontsize=6)
+            axes[1, i].set_title(titles[i], fontsize=6, pad=3)
     axes[0, 0].set_ylabel("reference", fontsize=7)
     axes[1, 0].set_ylabel(f"x -> {targets_label}", fontsize=7)
     axes[2, 0].set_ylabel("x - reference", fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    if last is not None:
+        _signed_colorbar(axes[2, -1], last, x.shape[1], v, "x - reference")
+    return _save(_pack(fig, axes, *_cell(x, 1.4)), path)
 
 
 def morph_strip(morph_result, path=None):
@@ -134,7 +156,10 @@ def signal_figure(signal_images, class_residuals=None, path=None, max_items: int
         labels.append("class residuals")
         sym.append(True)
     titles = [f"s={float(s):.2f}" for s in si.singular_values[:k]]
-    return image_rows(rows, labels, titles, sym, suptitle=f"signal spaces of {si.layer}", path=path)
+    cbar = ["weight", "sigma_i v_i", "class residual"][: len(rows)]
+    each = [False, True, False][: len(rows)]  # sigma_i v_i spans orders of magnitude: each image on its own scale
+    return image_rows(rows, labels, titles, sym, suptitle=f"signal spaces of {si.layer}", path=path, cbar_labels=cbar,
+                      per_image_rows=each)
 
 
 def selu_inversion_figure(true_images, inversion, path=None, max_items: int = 8):
@@ -150,10 +175,11 @@ def selu_inversion_figure(true_images, inversion, path=None, max_items: int = 8)
         rows.append(inversion.row_component[:n].reshape(n, *shape))
         labels.append("row-space part (normalised)")
     sym = [False, False, True][: len(rows)]
+    cbar = [None, None, "value (normalised pixels)"][: len(rows)]
     titles = None
     if inversion.image_error is not None:
         titles = [f"err {float(e):.1e}" for e in inversion.image_error[:n]]
-    return image_rows(rows, labels, titles, sym, path=path)
+    return image_rows(rows, labels, titles, sym, path=path, cbar_labels=cbar)
 
 
 def ideal_inputs_figure(ideal, path=None):
@@ -166,12 +192,16 @@ def ideal_inputs_figure(ideal, path=None):
         labels += [f"{k}", f"{k} refined"]
     n = ideal.ideal.shape[0]
     titles = [f"class {c}" for c in range(n)]
-    fig = image_rows(rows, labels, titles, path=None, suptitle="ideal-output inputs (distance before -> after)")
+    sup = "ideal-output inputs (distance before -> after)"
+    fig = image_rows(rows, labels, titles, path=None, suptitle=sup)
+    ncols = max(int(r.shape[0]) for r in rows)
+    grid = np.array(fig.axes[: len(rows) * ncols], dtype=object).reshape(len(rows), ncols)
     for ri, k in enumerate(INITS):
         for c in range(n):
-            ax = fig.axes[(2 * ri + 1) * n + c]
+            ax = grid[2 * ri + 1, c]
             ax.set_xlabel(f"{float(ideal.distance_before[k][c]):.1f}->{float(ideal.distance_after[k][c]):.1f}",
-                          fontsize=6)
+                          fontsize=6, labelpad=2)
+    _pack(fig, grid, *_cell(_np(rows[0]), 1.4), suptitle=sup)  # again: room for the distances under the rows
     return _save(fig, path)
 
 
