@@ -19,6 +19,7 @@ import torch
 
 from fsl.adversarial import run_attack, select_correct
 from fsl.adversarial.success import gap_tolerance, logit_gap
+from fsl.data.subsets import stratified_subset
 
 
 def art_deepfool(model, x: torch.Tensor, steps: int, overshoot: float, batch_size: int) -> torch.Tensor:
@@ -63,8 +64,9 @@ def main() -> None:
     dm.setup()
     split = "val" if len(dm.tensors("val")[1]) else "test"
     images, labels = dm.tensors(split)
-    ok = select_correct(model, images, labels)
-    x, y = images[ok][: args.n], labels[ok][: args.n]
+    ok = select_correct(model, images, labels).nonzero().flatten()
+    ok = ok[stratified_subset(labels[ok], args.n, 0)]  # the stored order may be sorted by class
+    x, y = images[ok], labels[ok]
     print(f"{hp['model']['name']} on {hp['data']['name']}: {len(y)} correctly classified {split} samples, "
           f"steps {args.steps}, overshoot {args.overshoot}, torch threads {torch.get_num_threads()}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geometry import synthetic  # noqa: E402
+from geometry import interleave_classes, synthetic  # noqa: E402
 
 from fsl.geometry import differentiable_flip_distances, differentiable_flip_points, flip_margins  # noqa: E402
 
@@ -88,7 +88,7 @@ def main():
         torch.set_num_threads(args.threads)
     sizes = [256, 3000] if args.quick else [int(s) for s in args.sizes.split(",")]
     if args.features:
-        data = torch.load(args.features, map_location="cpu")
+        data = interleave_classes(torch.load(args.features, map_location="cpu"))
         src = f"real features {data.get('source', args.features)}"
     else:
         data = synthetic(max(sizes), 10, args.dim, args.classes)

@@ -37,6 +37,20 @@ def synthetic(n_train, n_test, f, n, seed=0):
                 test_labels=y[n_train:], weight=W, bias=b, lower=0.0, upper=None)
 
 
+def interleave_classes(data, seed=0):
+    """``data`` with its train and test rows reordered so that every prefix (``--n-train`` etc. take
+    the first rows) is stratified by class: real features come in the data set's stored order,
+    which may be sorted by class."""
+    from fsl.data.subsets import stratified_subset
+
+    out = dict(data)
+    for split in ("train", "test"):
+        order = stratified_subset(torch.as_tensor(data[f"{split}_labels"]), None, seed)
+        for key in (f"{split}_features", f"{split}_labels"):
+            out[key] = data[key][order]
+    return out
+
+
 def features_from_checkpoint(path, batch_size=1000):
     """The dict ``--features`` reads, from a checkpoint: every train and test image through the model."""
     from fsl.analysis.features import extract_features
@@ -142,8 +156,9 @@ def main():
         if args.save_features:
             torch.save(data, args.save_features)
         src = f"real features of {data['source']}"
+        data = interleave_classes(data)
     elif args.features:
-        data = torch.load(args.features, map_location="cpu")
+        data = interleave_classes(torch.load(args.features, map_location="cpu"))
         src = f"real features {data.get('source', args.features)}"
     else:
         n_tr = max(args.n_train, args.n_margin, args.n_ball)

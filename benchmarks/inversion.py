@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from fsl.data import mnist5k_tensors
+from fsl.data import mnist5k_tensors, stratified_subset
 from fsl.inversion import diagnose, invert_to_features, probe_reachability, split_misses
 from fsl.models import create_model
 
@@ -85,12 +85,12 @@ def load_checkpoint_data(path: str, n: int, n_train: int):
 
     model, hp = load_model(path)
     d = dict(hp["data"])
-    dm = create_datamodule(name=d["name"], root=d.get("root", "data"), val_size=d.get("val_size", 0),
+    dm = create_datamodule(name=d["name"], root=d.get("root", "data"), val_size=d.get("val_size") or None,
                            seed=d.get("seed", 0))
-    Xte, _ = dm.tensors("test")
-    Xtr, _ = dm.tensors("train")
-    order = torch.randperm(len(Xte), generator=torch.Generator().manual_seed(0))
-    tr = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(1))[:n_train]
+    Xte, yte = dm.tensors("test")
+    Xtr, ytr = dm.tensors("train")
+    order = stratified_subset(yte, 2 * n, 0)  # interleaved: both halves are stratified by class
+    tr = stratified_subset(ytr, n_train, 1)
     return model, Xte[order[:n]], Xte[order[n:2 * n]], Xtr[tr], f"{path} ({d['name']})"
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fsl.analysis.features import fixed_subset
+from fsl.data.subsets import stratified_subset
 from fsl.tracking import find_offline_runs, read_offline_run
 from fsl.training import load_model, train
 from tests.helpers import synthetic_config
@@ -78,8 +78,8 @@ def test_logged_values_equal_direct_geometry_calls(fitted):
     x_tr, y_tr = dm.tensors("train")
     x_va, y_va = dm.tensors("val")
     seed = int(cfg.seed)
-    tr = x_tr[fixed_subset(len(y_tr), 300, seed)]
-    va = x_va[fixed_subset(len(y_va), 120, seed + 1)]
+    tr = x_tr[stratified_subset(y_tr, 300, seed)]
+    va = x_va[stratified_subset(y_va, 120, seed + 1)]
     with torch.no_grad():
         f_tr, f_va = model.forward_features(tr), model.forward_features(va)
     dom = model.feature_domain

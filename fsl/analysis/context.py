@@ -7,8 +7,9 @@ from typing import Any, Callable
 import torch
 
 from fsl.analysis.distributed import world
-from fsl.analysis.features import FeatureSet, extract_features, fixed_subset
+from fsl.analysis.features import FeatureSet, extract_features
 from fsl.analysis.geometry_study import sharded
+from fsl.data.subsets import stratified_subset
 from fsl.models.base import LinearHead
 
 Tensor = torch.Tensor
@@ -22,7 +23,8 @@ class Context:
         tensors: ``tensors(split) -> (images (N, C, H, W) in [0, 1], labels (N,))`` for ``"train"``,
             ``"val"``, ``"test"`` (an fsl data module's ``tensors``).
         eval_split: the evaluation samples' split: ``"val"`` during training, ``"test"`` in ``analyze.py``.
-        seed: subsets are fixed and seeded: training samples by ``seed``, evaluation ones by ``seed + 1``.
+        seed: subsets are fixed, seeded and stratified by class (:func:`fsl.data.subsets.stratified_subset`):
+            training samples by ``seed``, evaluation ones by ``seed + 1``.
         n_train, n_eval: default subset sizes (None = the whole split) for analyses that do not set theirs.
         batch_size: feature-extraction batch size.
         class_names, data_name: of the data set. epoch: the training epoch (None in ``analyze.py``).
@@ -84,11 +86,19 @@ class Context:
         return self.cache[key]
 
     def subset(self, split: str, n: int | None = None) -> Tensor:
-        """Indices of the fixed, seeded subset of ``split`` of size ``n`` (None: the context's
-        default for that split; 0 or larger than the split: everything)."""
+        """Indices ``(k,)`` of the fixed, seeded subset of ``split`` of size ``n`` (None: the context's
+        default for that split; 0 or larger than the split: everything), stratified by label and in
+        an interleaved order whose every prefix is stratified too (never the stored order, which
+        may be sorted by class): :func:`fsl.data.subsets.stratified_subset`."""
         if n is None:
             n = self.n_train if split == "train" else self.n_eval
-        return fixed_subset(len(self.tensors(split)[1]), n, self.split_seed(split))
+        labels = self.tensors(split)[1]
+        N = len(labels)
+        k = N if n is None or int(n) <= 0 or int(n) >= N else int(n)
+        key = ("subset", split, k)
+        if key not in self.cache:
+            self.cache[key] = stratified_subset(labels, k, self.split_seed(split))
+        return self.cache[key]
 
     def images(self, split: str, n: int | None = None) -> Tensor:
         """The images ``(N, C, H, W)`` of :meth:`subset`, CPU."""

@@ -64,8 +64,9 @@ def extract_features(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def fixed_subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
-    """The first ``n`` of a seeded permutation of ``range(n_total)``, sorted (all when ``n`` is None or larger)."""
-    if n is None or n <= 0 or n >= n_total:
-        return torch.arange(n_total)
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_total, generator=g)[:n].sort().values
+    """Former name, without labels: :func:`fsl.data.subsets.stratified_subset` ``(None, n, seed,
+    n_total)``, a seeded uniform random draw (not sorted). Prefer ``stratified_subset`` with the
+    labels, which also balances the classes."""
+    from fsl.data.subsets import stratified_subset
+
+    return stratified_subset(None, n, seed, n_total=n_total)

@@ -1,7 +1,8 @@
 """The bodies of the pixel-space studies (``inversion``: :mod:`fsl.analysis.pixel_inversion`;
 ``morph``, ``preimage``, ``signal``, ``selu``, ``ideal`` here), each a function of a namespace
-holding the selected samples, the options ``o`` and collectors for metrics, report lines and
-figures; :mod:`fsl.analysis.studies.pixels` wraps each in an :class:`fsl.analysis.Analysis`, and
+holding the selected samples (:func:`select_samples`: a seeded draw stratified by class, ordered
+so that every prefix is stratified too; studies on fewer samples take the first ones), the
+options ``o`` and collectors for metrics, report lines and figures; :mod:`fsl.analysis.studies.pixels` wraps each in an :class:`fsl.analysis.Analysis`, and
 :func:`pixel_space_studies` runs all six on given tensors.
 
 * ``morph`` -- morphing strip a -> b by shrinking a ball around ``N(b)`` (Yousefzadeh, arXiv
@@ -51,6 +52,7 @@ def _options(cfg) -> dict:
     opts = {**pixel_defaults(), **{k: v for k, v in c.items() if v is not None or k in nullable}}
     if opts.get("seed") is None:
         opts["seed"] = 0
+    _check_sample_order(opts)
     en = c.get("enabled")
     if isinstance(en, bool):  # one switch for every study
         opts["enabled"] = {s: en for s in STUDIES}
@@ -195,8 +197,9 @@ def _signal_study(ctx) -> None:
     lm = first_layer(model)
     if lm.kind == "linear":
         si = first_layer_signal_images(model, k=int(o["signal_k"]))
-        ns = min(int(o["n_signal"]), ctx.train_images.shape[0])
-        cr = class_residuals(model, ctx.train_images[:ns], ctx.train_labels[:ns])
+        rows = _train_rows(ctx, int(o["n_signal"]))
+        ns = len(rows)
+        cr = class_residuals(model, ctx.train_images[rows], ctx.train_labels[rows])
         ctx.out.save_figure("pixels_signal_spaces", pf.signal_figure(si, cr, max_items=int(o["signal_k"])))
         ctx.figures.append("pixels_signal_spaces")
         mm.update({"signal/first_layer_rank": float(si.subspaces.rank),
@@ -254,8 +257,9 @@ def _ideal_study(ctx) -> None:
     from fsl.spaces import INITS, ideal_inputs
 
     o, model, dev = ctx.o, ctx.model, _device(ctx.model)
-    n = min(int(o["n_ideal"]), ctx.train_images.shape[0])
-    ii = ideal_inputs(model, ctx.train_images[:n].to(dev), ctx.train_labels[:n].to(dev), steps=int(o["ideal_steps"]))
+    rows = _train_rows(ctx, int(o["n_ideal"]))
+    ii = ideal_inputs(model, ctx.train_images[rows].to(dev), ctx.train_labels[rows].to(dev),
+                      steps=int(o["ideal_steps"]))
     ctx.out.save_figure("pixels_ideal_inputs", pf.ideal_inputs_figure(ii))
     ctx.figures.append("pixels_ideal_inputs")
     mm = {}
@@ -273,15 +277,35 @@ RUNNERS = {"inversion": _inversion_study, "morph": _morph_study, "preimage": _pr
             "signal": _signal_study, "selu": _selu_study, "ideal": _ideal_study}
 
 
-def select_samples(n_total: int, o: dict) -> torch.Tensor:
-    """Positions of the test samples the pixel studies use: ``max(n_measure, n_figure)`` of
-    ``n_total``, a seeded random selection (``sample_order="random"``) or the first rows."""
-    n_use = min(n_total, max(int(o["n_measure"]), int(o["n_figure"])))
-    if o["sample_order"] == "random":
-        return torch.randperm(n_total, generator=torch.Generator().manual_seed(int(o["seed"])))[:n_use]
-    if o["sample_order"] == "first":
-        return torch.arange(n_use)
-    raise ValueError(f"pixels.sample_order must be 'random' or 'first', got {o['sample_order']!r}")
+def _train_rows(ctx, n: int) -> torch.Tensor:
+    """Positions of ``n`` of the selected training images (all when ``n`` is larger or <= 0), a
+    seeded draw stratified by class."""
+    from fsl.data.subsets import stratified_subset
+
+    return stratified_subset(ctx.train_labels, int(n), int(ctx.o["seed"]))
+
+
+def _check_sample_order(o: dict) -> None:
+    order = o.get("sample_order", "random")
+    if order != "random":
+        raise ValueError(f"pixels.sample_order={order!r} is not supported: the pixel studies always use a seeded "
+                         f"random selection, stratified by class; set pixels.sample_order=random (or leave it out). "
+                         f"The stored order of a data set is often sorted by class, so its first rows are not "
+                         f"representative.")
+
+
+def select_samples(labels: torch.Tensor, o: dict) -> torch.Tensor:
+    """Positions ``(k,)`` of the test samples the pixel studies use: ``k = max(n_measure, n_figure)``
+    of the ``labels`` ``(N,)`` (all when larger), a seeded draw stratified by class whose every prefix
+    is stratified too (:func:`fsl.data.subsets.stratified_subset`; the figures take the first
+    ``n_figure``). ``pixels.sample_order`` may only be ``random`` (the default)."""
+    from fsl.data.subsets import stratified_subset
+
+    _check_sample_order(o)
+    n_use = min(len(labels), max(int(o["n_measure"]), int(o["n_figure"])))
+    if n_use <= 0:
+        return torch.empty(0, dtype=torch.long)
+    return stratified_subset(labels, n_use, int(o["seed"]))
 
 
 def pixel_space_studies(model, train_images, train_labels, test_images, test_labels, train_features, test_features,
@@ -317,10 +341,11 @@ def pixel_space_studies(model, train_images, train_labels, test_images, test_lab
                   class_names=class_names)
     with torch.no_grad():
         for split, f, y in (("train", train_features, train_labels), ("test", test_features, test_labels)):
-            f = torch.as_tensor(f)
+            index = ctx.subset(split)  # the given features, in the order of the context's subset
+            f = torch.as_tensor(f)[index]
             ctx.cache[("features", split, len(f))] = FeatureSet(
-                f.float().cpu(), model.forward_head(f.to(ctx.device)).float().cpu(), torch.as_tensor(y).cpu(),
-                torch.arange(len(f)))
+                f.float().cpu(), model.forward_head(f.to(ctx.device)).float().cpu(), torch.as_tensor(y).cpu()[index],
+                index)
     metrics: dict[str, float] = {}
     lines: list[str] = []
     figures: list[str] = []

@@ -48,6 +48,10 @@ def analyze(cfg) -> AnalysisResult:
     model, hp = load_model(cfg.ckpt_path, expected_model=cfg.get("expected_model"), map_location=device)
     analyses = build_analyses(cfg.get("analysis"), shared={"pixels": cfg.get("pixels")})
     data_spec = {**hp["data"], **{k: v for k, v in (cfg.get("data") or {}).items() if v is not None}}
+    if data_spec.get("val_size") == 0:  # trained before validation splits existed
+        log.warning("this checkpoint was trained with data.val_size=0: it was selected on the test split, so its "
+                    "test numbers are biased; retrain it (validation is now held out of the training data)")
+        data_spec["val_size"] = None
     dm = create_datamodule(**data_spec)
     dm.setup()
     ctx = Context.from_datamodule(model, dm, eval_split="test", seed=int(cfg.get("seed", 0)),

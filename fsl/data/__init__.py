@@ -4,7 +4,8 @@ from fsl.data.datamodule import ImageDataModule, create_datamodule, stratified_s
 from fsl.data.errors import ChecksumError, DatasetNotFoundError
 from fsl.data.idx import read_idx, write_idx
 from fsl.data.sources import load_fashion_mnist, load_mnist, load_mnist5k, make_synthetic, mnist5k_tensors
+from fsl.data.subsets import stratified_subset
 
 __all__ = ["ImageDataModule", "create_datamodule", "stratified_split", "ChecksumError", "DatasetNotFoundError",
            "read_idx", "write_idx", "read_cifar_binary", "load_cifar10", "load_mnist", "load_fashion_mnist",
-           "load_mnist5k", "make_synthetic", "mnist5k_tensors"]
+           "load_mnist5k", "make_synthetic", "mnist5k_tensors", "stratified_subset"]

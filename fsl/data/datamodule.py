@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from fsl.data.augment import random_crop, random_hflip
 from fsl.data.sources import CLASS_NAMES, LOADERS
+from fsl.data.subsets import stratified_split as _split
 
 # Per-channel statistics of each training set, for the normalisation inside the models.
 STATS = {
@@ -81,15 +82,10 @@ class EpochRandomSampler(RandomSampler):
 
 
 def stratified_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(keep, holdout)`` with ``holdout`` samples, class proportions preserved, seeded."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.floor(counts / counts.sum() * holdout).astype(int)
-    for i in np.argsort(-(counts / counts.sum() * holdout - quota))[: holdout - quota.sum()]:
-        quota[i] += 1
-    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)])
-    keep = np.setdiff1d(np.arange(len(labels)), held)
-    return keep, np.sort(held)
+    """Indices ``(keep, holdout)`` with ``holdout`` samples, class proportions preserved, seeded
+    (:func:`fsl.data.subsets.stratified_split`), each sorted: a split keeps the stored order."""
+    keep, held = _split(np.asarray(labels), holdout, seed)
+    return np.sort(keep.numpy()), np.sort(held.numpy())
 
 
 class ImageDataModule(pl.LightningDataModule):

@@ -61,7 +61,9 @@ class MethodResult:
     extra: dict = field(default_factory=dict)
 
     def summary(self, n: int | None = None) -> dict[str, float]:
-        """Means over the first ``n`` images (all by default); cosine and residual as medians."""
+        """Means over the first ``n`` images (all by default); cosine and residual as medians. The
+        first ``n`` are representative only if the images are in such an order (the subsets of
+        :class:`fsl.analysis.Context` are: every prefix is stratified by class)."""
         ps = {k: v[:n] for k, v in self.per_sample.items()}
         out = {"ssim": float(ps["ssim"].double().mean()), "psnr": float(ps["psnr"].double().mean()),
                "cosine": float(ps["cosine"].double().median()), "top1_pred": float(ps["agree_pred"].double().mean()),
@@ -88,7 +90,9 @@ def evaluate_decoder(module, images: Tensor, labels: Tensor | None = None, *, ba
     """Reconstruct ``images`` (N, C, H, W) in [0, 1] from their features with a
     :class:`fsl.featinv.module.FeatInvModule` and score them. The flow decoder draws one sample per
     image (noise from ``seed``, drawn once for all N so batching does not change it) and, for the
-    first ``n_diverse`` images, ``samples`` more (noise from ``seed + 1``) for the diversity."""
+    first ``n_diverse`` images, ``samples`` more (noise from ``seed + 1``) for the diversity (pass
+    the images in an order whose prefixes are representative, e.g. a :class:`fsl.analysis.Context`
+    subset, stratified by class in every prefix)."""
     dev = next(module.parameters()).device
     x = images.to(dev)
     t0 = time.perf_counter()

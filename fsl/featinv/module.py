@@ -4,6 +4,8 @@ spec and weights (``net.*``, so :func:`fsl.training.load_model` reads the classi
 the decoder's (``decoder.*``), with plain hyperparameters only."""
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric
@@ -22,8 +24,9 @@ class FeatInvModule(pl.LightningModule):
         featinv: ``{"layer": <feature_maps key>, "decoder": "conv" | "flow", ...}``; for "conv"
             (deterministic, :class:`ConvDecoder`) ``width``, ``depth``, ``mse_weight``, ``cos_weight``,
             ``ssim_weight``; for "flow" (probabilistic, :class:`FlowDecoder`) ``channels``,
-            ``hint_channels``, ``cond_dropout``, ``steps``, ``guidance`` and ``eval_samples`` (images
-            of the first validation/test batch that are sampled for the logged ssim/cosine/top-1);
+            ``hint_channels``, ``cond_dropout``, ``steps``, ``guidance`` and ``eval_samples`` (validation/test
+            images sampled for the logged ssim/cosine/top-1: an equal share from every batch, drawn
+            stratified by class, so that they cover the whole evaluation set);
             ``lr`` for both (Adam, cosine decay over the epochs).
         data: the data spec (kept so the data can be rebuilt from the checkpoint).
         classifier_state: the classifier's weights (only when building from a classifier
@@ -130,18 +133,37 @@ class FeatInvModule(pl.LightningModule):
             return loss
         kw = dict(on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
-        n = int(self.hparams.featinv.get("eval_samples", 100))
-        if batch_idx == 0 and n > 0:
+        rows = self._scored_rows(y, stage, int(self.hparams.featinv.get("eval_samples", 100)), batch_idx)
+        if len(rows):
             from fsl.featinv.metrics import reconstruction_metrics
 
-            xs = x[:n]
-            rec = self(z[:n], seed=0)
+            xs = x[rows]
+            rec = self(z[rows], seed=int(batch_idx))
             summary, _ = reconstruction_metrics(self.net, self.layer, xs, rec, encode=self.encode)
             kw = dict(on_step=False, on_epoch=True, batch_size=len(xs), sync_dist=True)
             self.log(f"{stage}/ssim", summary["ssim"], prog_bar=True, **kw)
             self.log(f"{stage}/cosine", summary["cosine_median"], **kw)
             self.log(f"{stage}/top1_agree", summary["top1_pred"], **kw)
         return loss
+
+    def _scored_rows(self, y: torch.Tensor, stage: str, n: int, batch_idx: int) -> torch.Tensor:
+        """Rows of this evaluation batch that are sampled and scored: ``ceil(n / batches)`` of them,
+        a seeded draw stratified by class (evaluation sets may be stored sorted by class, so the
+        first rows of the first batch would hold a single class)."""
+        from fsl.data.subsets import stratified_subset
+
+        if n <= 0:
+            return torch.empty(0, dtype=torch.long)
+        t = self._trainer
+        batches = None
+        if t is not None:
+            batches = t.num_test_batches if stage == "test" else \
+                (t.num_sanity_val_batches if t.sanity_checking else t.num_val_batches)
+            batches = batches[0] if isinstance(batches, (list, tuple)) and batches else batches
+        if not isinstance(batches, (int, float)) or not math.isfinite(batches) or batches < 1:
+            batches = 1
+        k = min(len(y), math.ceil(n / int(batches)))
+        return stratified_subset(y, k, int(batch_idx)).to(y.device)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train", batch_idx)

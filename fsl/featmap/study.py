@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from fsl.data.subsets import stratified_subset
 from fsl.errors import ConfigError
 from fsl.featmap.evaluate import (class_metrics, decoded_metrics, masked_cosine, position_cosine, region_cells,
                                   relative_error)
@@ -58,7 +59,9 @@ class FeatMapResult:
     """Rows (one per layer x manipulation x map: ``layer``, ``manipulation``, ``mapping`` and the
     metrics as floats), singular values of the linear maps ``spectra[(layer, manipulation,
     mapping)]``, image examples ``examples[(layer, manipulation)]`` (``original``, ``manipulated``,
-    ``decoded_true``, ``decoded_mapped``: ``(n, C, H, W)``) and the skipped combinations with why."""
+    ``decoded_true``, ``decoded_mapped``: ``(n, C, H, W)``; the first ``n`` of ``decoded_index``),
+    ``decoded_index`` (positions of the evaluation images decoded, a seeded draw) and the skipped
+    combinations with why."""
 
     rows: list[dict] = field(default_factory=list)
     spectra: dict = field(default_factory=dict)
@@ -66,6 +69,7 @@ class FeatMapResult:
     skipped: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     manipulations: list[str] = field(default_factory=list)
+    decoded_index: Tensor | None = None
 
 
 @torch.no_grad()
@@ -111,7 +115,8 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
                   global_ridge: float = 0.1, rank_rtol: float = 1e-5, sgd: dict | None = None,
                   nets: dict | None = None, decoders: dict[str, Callable[[Tensor], Tensor]] | None = None,
                   n_decode: int = 100, figure_mapping: str = "linear", n_figure: int = 1, seed: int = 0,
-                  batch_size: int = 250, device=None, progress: bool = False) -> FeatMapResult:
+                  batch_size: int = 250, device=None, progress: bool = False, train_labels: Tensor | None = None,
+                  eval_labels: Tensor | None = None) -> FeatMapResult:
     """Fit every map in ``mappings`` from the features of ``train_images`` to those of their
     manipulations, per layer and manipulation, and evaluate it on ``eval_images``.
 
@@ -128,11 +133,16 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
         ridge, global_ridge: relative ridges of the shared and the global linear map.
         rank_rtol: numerical rank threshold (relative to the largest singular value).
         sgd: options of :func:`fsl.featmap.train.fit_sgd` (:data:`SGD_DEFAULTS`; ``n_train``: train
-            the SGD maps on the first n training maps only). nets: :data:`NET_DEFAULTS`.
+            the SGD maps on n of the training maps only). nets: :data:`NET_DEFAULTS`.
         decoders: ``{layer: decode}``, a FeatInv decoder per layer (features -> images): MSE and SSIM
-            of decoded mapped vs decoded true manipulated features on the first ``n_decode`` images.
-        figure_mapping, n_figure: the map and number of images of the examples (decoded layers only).
-        seed: manipulations (training images ``seed``, evaluation images ``seed + 1``) and SGD maps.
+            of decoded mapped vs decoded true manipulated features on ``n_decode`` evaluation images.
+        figure_mapping, n_figure: the map and number of images of the examples (decoded layers only;
+            the first ``n_figure`` of the decoded images).
+        seed: manipulations (training images ``seed``, evaluation images ``seed + 1``), SGD maps and
+            the draws of the SGD training rows and decoded rows.
+        train_labels, eval_labels: ``(N,)`` classes of the images: the SGD training rows and the decoded
+            rows are seeded draws stratified by them (:func:`fsl.data.subsets.stratified_subset`);
+            None: seeded uniform draws.
 
     Metrics of every row: ``cosine`` (median over images of the median-over-positions cosine, mapped
     vs true manipulated features), ``cosine_masked`` (masks: over the cells the mask touches),
@@ -170,6 +180,10 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
         else:
             todo.append(name)
     res.manipulations = todo
+    sgd_rows = stratified_subset(train_labels, sgd["n_train"] or 0, seed, n_total=len(train_images))
+    decode_rows = stratified_subset(eval_labels, int(n_decode), seed + 1, n_total=len(eval_images)) \
+        if decoders and int(n_decode) > 0 else torch.empty(0, dtype=torch.long)
+    res.decoded_index = decode_rows
     orig_tr, _ = layer_maps(model, train_images, layers, batch_size, device)
     orig_ev, logits_orig = layer_maps(model, eval_images, layers, batch_size, device)
     for k in layers:
@@ -196,7 +210,7 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
                 t0 = time.perf_counter()
                 row = {"layer": layer, "manipulation": name, "mapping": mapping}
                 pred, fitted, wx = _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd,
-                                                nets, seed, batch_size, device, row)
+                                                nets, seed, batch_size, device, row, sgd_rows)
                 row.update(_scores(model, layer, pred, Y_ev, shape, logits_true, logits_orig, cells, batch_size,
                                    device))
                 if fitted is not None:
@@ -204,14 +218,15 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
                     res.spectra[(layer, name, mapping)] = s.float()
                     row.update(spectrum_metrics(s, rank_rtol))
                     row.update(weight_bias_metrics(wx, fitted.bias)[0])
-                if layer in decoders:
-                    nd = min(int(n_decode), len(pred))
-                    dm, dec_t, dec_m = decoded_metrics(decoders[layer], pred[:nd].reshape(nd, *shape[1:]).to(device),
-                                                       Y_ev[:nd].reshape(nd, *shape[1:]).to(device), batch_size)
+                if layer in decoders and len(decode_rows):
+                    nd, dr = len(decode_rows), decode_rows
+                    dm, dec_t, dec_m = decoded_metrics(decoders[layer], pred[dr].reshape(nd, *shape[1:]).to(device),
+                                                       Y_ev[dr].reshape(nd, *shape[1:]).to(device), batch_size)
                     row.update({k: float(v.mean()) for k, v in dm.items()})
                     if mapping == figure_mapping and n_figure > 0:
                         k = min(int(n_figure), nd)
-                        res.examples[(layer, name)] = {"original": eval_images[:k].cpu(), "manipulated": man_ev[:k].cpu(),
+                        res.examples[(layer, name)] = {"original": eval_images[dr[:k]].cpu(),
+                                                       "manipulated": man_ev[dr[:k]].cpu(),
                                                        "decoded_true": dec_t[:k], "decoded_mapped": dec_m[:k]}
                 row["seconds"] = time.perf_counter() - t0
                 res.rows.append(row)
@@ -220,9 +235,11 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
     return res
 
 
-def _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd, nets, seed, batch_size, device, row):
+def _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd, nets, seed, batch_size, device, row,
+                 sgd_rows):
     """``(prediction for S_ev, fitted closed-form map or None, its W x on S_ev or None)``; trained
-    maps add ``epochs`` and ``stopped_early`` to ``row``. ``S_*``: the (grid-moved) source maps."""
+    maps add ``epochs`` and ``stopped_early`` to ``row`` and are trained on the rows ``sgd_rows``.
+    ``S_*``: the (grid-moved) source maps."""
     if mapping == "identity":
         return X_ev, None, None
     if mapping == "permutation":
@@ -234,11 +251,11 @@ def _fit_predict(mapping, X_ev, move, S_tr, Y_tr, S_ev, ridge, global_ridge, sgd
         return fitted.apply_wx(wx, S_ev), fitted, wx
     from fsl.featmap.train import fit_sgd
 
-    n = sgd["n_train"] or len(S_tr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_net(mapping, S_tr.shape[1], tuple(S_tr.shape[-2:]), nets)
-    log = fit_sgd(net, S_tr[:n], Y_tr[:n], seed=seed, device=device, **{k: v for k, v in sgd.items() if k != "n_train"})
+    log = fit_sgd(net, S_tr[sgd_rows], Y_tr[sgd_rows], seed=seed, device=device,
+                  **{k: v for k, v in sgd.items() if k != "n_train"})
     row["epochs"], row["stopped_early"] = float(len(log.val_loss)), float(log.stopped_early)
     with torch.no_grad():
         pred = torch.cat([net(S_ev[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(S_ev), batch_size)])

@@ -33,8 +33,9 @@ def resolve_suite(attacks, only, data_name: str) -> dict[str, dict]:
 class AdversarialAnalysis(Analysis):
     """Options (``configs/analysis/adversarial.yaml``): ``attacks`` (``{name: {attack: <ATTACKS key>,
     **params}}``; empty: the data set's suite, ``configs/attacks/``), ``only`` (names of the suite to
-    run), ``n_train``, ``n_eval`` (subsets), ``n_samples`` (the first n evaluation samples are
-    attacked; only correctly classified ones), ``batch_size``, ``n_boot``, ``knn_k``, ``hull``.
+    run), ``n_train``, ``n_eval`` (subsets), ``n_samples`` (how many correctly classified evaluation
+    samples are attacked: a seeded draw among them, stratified by class; 0 or null: all of them),
+    ``batch_size``, ``n_boot``, ``knn_k``, ``hull``.
 
     Chunks of ``batch_size`` samples are dealt out to the DDP ranks and chunk k is seeded with
     ``seed + k``, so random starts do not depend on the world size; the per-sample results are
@@ -52,9 +53,10 @@ class AdversarialAnalysis(Analysis):
         net = ctx.model
         train = ctx.train_features(self.n_train)
         evals = ctx.eval_features(self.n_eval)
-        n = len(evals) if not self.n_samples else min(int(self.n_samples), len(evals))
-        images = ctx.eval_images(self.n_eval)[:n]
-        labels = evals.labels[:n]
+        attacked = self._attacked(ctx, evals)  # positions in the evaluation subset
+        n = len(attacked)
+        images = ctx.eval_images(self.n_eval)[attacked]
+        labels = evals.labels[attacked]
         geom = DistanceFunctions.from_model(net, train.features.double(), **dict(self.hull or {}))
         detectors = Detectors.fit(net, train.features, train.labels, geometry=geom, knn_k=int(self.knn_k),
                                   train_margins=self._train_margins(ctx, train))
@@ -73,7 +75,7 @@ class AdversarialAnalysis(Analysis):
                                      **params)
                 seconds += ev.metrics["seconds"]
                 ps = dict(ev.per_sample)
-                ps["index"] = rows[ps["index"]]
+                ps["index"] = attacked[rows[ps["index"]]]
                 parts.append(ps)
             # one dtype per key on every rank (an idle rank has no parts): collectives need equal sizes
             local = {key: torch.cat([p[key].cpu() for p in parts]).to(dt) if parts else torch.empty(0, dtype=dt)
@@ -97,6 +99,18 @@ class AdversarialAnalysis(Analysis):
                                                                                          f"clean{when}"))
         res.report = report_lines(res.metrics, list(suite), detectors.names)
         return res
+
+    def _attacked(self, ctx, evals):
+        """Positions (in the evaluation subset) of the ``n_samples`` samples to attack: a seeded draw
+        among the correctly classified ones, stratified by class, ascending (the evaluation subset's
+        own order, which interleaves the classes)."""
+        from fsl.data.subsets import stratified_subset
+
+        correct = (evals.preds == evals.labels).nonzero().flatten()
+        n = int(self.n_samples) if self.n_samples else len(correct)
+        if n <= 0 or len(correct) == 0:
+            return correct
+        return correct[stratified_subset(evals.labels[correct], n, ctx.split_seed(ctx.eval_split)).sort().values]
 
     def _train_margins(self, ctx, train):
         geo = ctx.result("geometry")

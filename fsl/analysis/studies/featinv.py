@@ -1,8 +1,8 @@
 """FeatInv (Neukirch, Vielhaben, Strodthoff, arXiv 2505.21032) on the context's model: trained
 decoders from one layer back to images (deterministic conv decoder and probabilistic flow
 decoder, ``python train.py experiment=featinv_fashion ...``) scored on the evaluation images and,
-on the same first ``n_compare`` images and the same layer, compared with fsl's optimisation
-inversion to the same feature point (Yousefzadeh, arXiv 2202.04052; docs/inversion.md)."""
+on the same ``n_compare`` images (stratified by class) and the same layer, compared with fsl's
+optimisation inversion to the same feature point (Yousefzadeh, arXiv 2202.04052; docs/inversion.md)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -39,7 +39,8 @@ def load_decoders(paths, model, device="cpu") -> list:
 class FeatInvAnalysis(Analysis):
     """Options: ``checkpoints`` (FeatInv .ckpt files, any layers and both decoders; none: nothing
     to do), ``n_eval`` (evaluation images scored), ``n_compare`` (the first of them, also inverted
-    by optimisation and sampled ``samples`` times for the diversity), ``inversion`` (``enabled``,
+    by optimisation and sampled ``samples`` times for the diversity; the context's subsets are
+    ordered so that every prefix is stratified by class), ``inversion`` (``enabled``,
     ``reference``: mean | black | white, ``tol``, ``max_iter``, ``chunk``), ``n_figure`` (rows per
     figure), ``batch_size``, ``seed``.
 
@@ -137,7 +138,8 @@ class FeatInvAnalysis(Analysis):
 
     @staticmethod
     def _report(rows, n_eval, n_cmp, inv) -> list[str]:
-        lines = [f"On the same first {n_cmp} evaluation images per layer (decoders also on all {n_eval}: "
+        lines = [f"On the same {n_cmp} evaluation images per layer (a seeded draw, stratified by class; decoders "
+                 f"also on all {n_eval}: "
                  f"`featinv/<layer>/<decoder>/*`). residual = median of ||N_l(x_hat) - N_l(x)|| / ||N_l(x)|| at "
                  f"the layer; cosine = median re-encoded cosine (median over positions); diversity = mean "
                  f"per-pixel std over the samples; inversion: point mode from the "

@@ -20,11 +20,12 @@ from fsl.errors import ConfigError
 class FeatMapAnalysis(Analysis):
     """Options (``configs/analysis/featmap.yaml``): ``layers`` (keys of ``model.feature_maps``; null:
     all), ``manipulations`` and their ``params``, ``mappings``, ``permute_grid``, ``n_train`` /
-    ``n_eval`` (fixed seeded subsets: fit on training, evaluate on held-out images), ``ridge``,
-    ``global_ridge``, ``rank_rtol``, ``sgd`` (trainer of the MLP / CNN / transformers), ``nets``
-    (their sizes), ``checkpoints`` (FeatInv decoders, any layers: decoded mapped vs decoded true
-    features on the first ``n_decode`` images), ``figure_mapping`` / ``n_figure`` (image rows),
-    ``heatmaps`` (metrics drawn), ``batch_size``, ``seed``, and ``epoch`` (the per-epoch subset).
+    ``n_eval`` (fixed seeded subsets, stratified by class: fit on training, evaluate on held-out
+    images), ``ridge``, ``global_ridge``, ``rank_rtol``, ``sgd`` (trainer of the MLP / CNN /
+    transformers), ``nets`` (their sizes), ``checkpoints`` (FeatInv decoders, any layers: decoded
+    mapped vs decoded true features on ``n_decode`` images, a seeded draw stratified by class),
+    ``figure_mapping`` / ``n_figure`` (image rows), ``heatmaps`` (metrics drawn), ``batch_size``,
+    ``seed``, and ``epoch`` (the per-epoch subset).
 
     Metrics ``featmap/<layer>/<manipulation>/<mapping>/<metric>`` (names: ``fsl.featmap.study.METRICS``),
     the table ``featmap/table`` (one row per layer x manipulation x map), one heat map per metric of
@@ -64,7 +65,9 @@ class FeatMapAnalysis(Analysis):
                             layers=self.layers, manipulations=list(self.manipulations), mappings=list(self.mappings),
                             sgd=self._nested("sgd"), nets=self._nested("nets"), decoders=decoders,
                             n_decode=int(self.n_decode), figure_mapping=str(self.figure_mapping),
-                            n_figure=int(self.n_figure), progress=ctx.progress, device=ctx.device, **opts)
+                            n_figure=int(self.n_figure), progress=ctx.progress, device=ctx.device,
+                            train_labels=ctx.labels("train", self.n_train), eval_labels=ctx.labels(ctx.eval_split,
+                                                                                                  self.n_eval), **opts)
         out = Result(metrics=self._metrics(res.rows))
         out.metrics["n_train"] = float(len(ctx.subset("train", self.n_train)))
         out.metrics["n_eval"] = float(len(ctx.subset(ctx.eval_split, self.n_eval)))
@@ -114,7 +117,8 @@ class FeatMapAnalysis(Analysis):
         ep = self._nested("epoch")
         res = featmap_study(ctx.model, ctx.images("train", ep["n_train"]), ctx.eval_images(ep["n_eval"]),
                             layers=ep["layers"], manipulations=list(ep["manipulations"]), mappings=["linear"],
-                            device=ctx.device, progress=False, **self._common())
+                            device=ctx.device, progress=False, train_labels=ctx.labels("train", ep["n_train"]),
+                            eval_labels=ctx.labels(ctx.eval_split, ep["n_eval"]), **self._common())
         keep = set(ep["metrics"])
         return Result(metrics={k: v for k, v in self._metrics(res.rows).items() if k.rsplit("/", 1)[1] in keep})
 

@@ -8,6 +8,7 @@ import torch
 from fsl.analysis.base import Analysis, Result, register_analysis
 from fsl.analysis.features import extract_features
 from fsl.analysis.report import fmt
+from fsl.data.subsets import stratified_subset
 
 
 def pixel_hull_study(train_images: torch.Tensor, train_labels: torch.Tensor, images: torch.Tensor,
@@ -43,16 +44,16 @@ def pixel_hull_study(train_images: torch.Tensor, train_labels: torch.Tensor, ima
 
 @register_analysis("pixel_hull")
 class PixelHullAnalysis(Analysis):
-    """Options: ``n_queries`` (the first evaluation samples projected), ``n_train`` (training images
-    spanning the hull, None = the context's training subset size), ``n_eval``, ``hull``.
+    """Options: ``n_queries`` (evaluation samples projected: a seeded draw from the evaluation subset,
+    stratified by class; 0 or None: all), ``n_train`` (training images spanning the hull, None = the
+    context's training subset size), ``n_eval``, ``hull``.
     Per-sample column ``pixel_hull`` (NaN for samples not queried)."""
 
     prefix = "pixel"
 
     def compute(self, ctx) -> Result:
         images, labels = ctx.eval_images(self.n_eval), ctx.labels(ctx.eval_split, self.n_eval)
-        n_q = self.n_queries
-        q = torch.arange(len(labels))[: n_q if n_q else None]
+        q = stratified_subset(labels, int(self.n_queries or 0), ctx.split_seed(ctx.eval_split))
         x_tr, y_tr = ctx.images("train", self.n_train), ctx.labels("train", self.n_train)
         m, ps = pixel_hull_study(x_tr, y_tr, images[q], labels[q], ctx.model, dict(self.hull or {}),
                                  ctx.batch_size, ctx.device)

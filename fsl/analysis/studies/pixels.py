@@ -29,10 +29,10 @@ class _Figures:
 
 def _selection(ctx, o: dict) -> SimpleNamespace:
     """The shared inputs of the pixel studies, selected once per context."""
-    key = ("pixel_selection", o["n_train"], o["n_eval"], o["n_measure"], o["n_figure"], o["sample_order"], o["seed"])
+    key = ("pixel_selection", o["n_train"], o["n_eval"], o["n_measure"], o["n_figure"], o["seed"])
     if key not in ctx.cache:
         train, test = ctx.train_features(o["n_train"]), ctx.eval_features(o["n_eval"])
-        order = ps.select_samples(len(test), o)
+        order = ps.select_samples(test.labels, o)
         test_images = ctx.eval_images(o["n_eval"])
         ctx.cache[key] = SimpleNamespace(
             model=ctx.model, order=order, train_images=ctx.images("train", o["n_train"]), train_labels=train.labels,
@@ -47,9 +47,8 @@ def section_intro(ctx, o: dict) -> list[str]:
     sel = _selection(ctx, {"n_train": None, "n_eval": None, **o})
     n_use, N = len(sel.order), sel.n_total
     return [f"## {SECTION}", "",
-            f"Test samples used: {n_use} of {N} ("
-            + ("a seeded random selection" if o["sample_order"] == "random" else "the first rows")
-            + f", seed {int(o['seed'])}); figures show the first {min(int(o['n_figure']), n_use)} of them.", ""]
+            f"Test samples used: {n_use} of {N} (a seeded random selection, stratified by class, seed "
+            f"{int(o['seed'])}); figures show the first {min(int(o['n_figure']), n_use)} of them.", ""]
 
 
 class PixelStudy(Analysis):
