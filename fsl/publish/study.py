@@ -7,7 +7,9 @@
 * ``inversion``, ``featinv``, ``featmap``, ``margin_training``: sub-studies, each written to
   ``<output_dir>/<sub-study>/`` by ``analyze.py`` (FeatInv first trains its ``decoders`` with
   ``train.py``; FeatMap decodes with them; margin training trains a margin-aware classifier with
-  ``train``, optionally fine-tuned from the classifier, and analyzes it with ``analyze``);
+  ``train``, optionally fine-tuned from the classifier, and analyzes it with ``analyze``; with
+  ``baseline: true`` the classifier too, into ``margin_training_baseline/``, when the main study's
+  settings differ);
 * ``template``: the README template, rendered from the metrics the stages wrote
   (:mod:`fsl.publish.render`).
 
@@ -200,6 +202,9 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
             init = [f"init_from={classifier}"] if mt.get("fine_tune") else []
             margin_ckpt = run_train("margin", [*mt.train, *init])
             run_analyze("margin_training", margin_ckpt, out / "margin_training", list(mt.analyze))
+            if mt.get("baseline"):  # the classifier analyzed with the same settings, when the main study's differ
+                run_analyze("margin_training_baseline", classifier, out / "margin_training_baseline",
+                            list(mt.analyze))
     seconds["total_this_run"] = time.time() - t_all
     meta = {"study": name, "study_config": to_plain(cfg), "seconds": seconds, "checkpoints": ckpts,
             "commands": commands, "configs": configs, "train_metrics": train_metrics, **provenance()}
