@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from fsl.analysis.results import claim_new_file, save_new
+
 from fsl.geometry import ball_counts, flip_margins, hull_distances, reference, region_labels, union_coverage
 
 
@@ -145,6 +147,8 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of parts to skip: margin,hull,ball")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args()
+    if args.save_features:
+        claim_new_file(args.save_features)  # refused before the work: fsl never overwrites a file
     if args.quick:
         args.n_margin, args.n_train, args.n_query, args.n_ball = 3000, 3000, 200, 3000
         args.ref_margin, args.ref_layers, args.ref_hull, args.ref_nnls, args.ref_ball = 10, 20, 2, 2, 300
@@ -154,7 +158,7 @@ def main():
     if args.checkpoint:
         data = features_from_checkpoint(args.checkpoint)
         if args.save_features:
-            torch.save(data, args.save_features)
+            save_new(data, args.save_features)
         src = f"real features of {data['source']}"
         data = interleave_classes(data)
     elif args.features:

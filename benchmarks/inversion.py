@@ -29,6 +29,8 @@ import time
 
 import torch
 
+from fsl.analysis.results import claim_new_file, save_new
+
 from fsl.data import mnist5k_tensors, stratified_subset
 from fsl.inversion import diagnose, invert_to_features, probe_reachability, split_misses
 from fsl.models import create_model
@@ -114,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--probe-random", type=int, default=1, help="random uniform starts of the probe besides the sample")
     ap.add_argument("--save", default=None, help="torch.save per-sample results (targets, residuals, categories) here")
     args = ap.parse_args(argv)
+    if args.save:
+        claim_new_file(args.save)  # refused before the work: fsl never overwrites a file
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:
@@ -197,7 +201,7 @@ def main(argv=None):
         for other in list(per)[1:]:
             print(f"{kind:6s} speed ratio {base}/{other} per image: {per[base] / per[other]:.2f}x", flush=True)
     if args.save:
-        torch.save(saved, args.save)
+        save_new(saved, args.save)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,17 @@ def test_analyze_refuses_a_foreign_folder_before_loading_anything(tmp_path):
     with pytest.raises(ResultsFolderError, match="fsl did not write it"):
         analyze(cfg)  # the folder check comes before the (missing) checkpoint is opened
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_single_file_writers_never_overwrite(tmp_path):
+    from fsl.analysis.results import save_new
+
+    target = tmp_path / "feats.pt"
+    save_new({"x": 1}, target)
+    with pytest.raises(ResultsFolderError, match="exists; fsl never overwrites"):
+        save_new({"x": 2}, target)
+    import torch
+
+    assert torch.load(target, weights_only=True) == {"x": 1}
+    with pytest.raises(ResultsFolderError, match="does not exist"):
+        save_new({}, tmp_path / "missing" / "f.pt")

@@ -67,6 +67,27 @@ def read_manifest(folder: str | Path) -> dict | None:
     return data
 
 
+def claim_new_file(path: str | Path) -> Path:
+    """A path a single-file writer (``benchmarks/*.py --save``) may create: refused when something is
+    already there, since fsl cannot know it wrote it (checked before the work, so no time is lost)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise ResultsFolderError(f"{path} exists; fsl never overwrites a file it may not have written: "
+                                 f"choose another path or move that file away")
+    if not path.parent.is_dir():
+        raise ResultsFolderError(f"{path.parent} does not exist; create it or choose another path")
+    return path
+
+
+def save_new(obj, path: str | Path) -> Path:
+    """``torch.save(obj)`` to a new file at ``path`` (:func:`claim_new_file`), written whole."""
+    path = claim_new_file(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def _is_fsl_entry(path: Path) -> bool:
     """A staged partial folder of a run, or a sub-study folder with its own manifest."""
     return (path.name.startswith(".") and ".partial-" in path.name) or (path.is_dir() and (path / MANIFEST).is_file())

@@ -174,6 +174,7 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
         ckpts["classifier"] = {"path": str(ckpt_path), "sha256": sha256(ckpt_path)}
         commands["classifier"] = f"(given) ckpt_path={ckpt_path}"
     t_all = time.time()
+    origin = provenance()  # the code that runs: taken before the stages, not after
     if "train" in wanted:
         with stage("train"):
             run_train("classifier", list(cfg.train))
@@ -207,7 +208,7 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
                             list(mt.analyze))
     seconds["total_this_run"] = time.time() - t_all
     meta = {"study": name, "study_config": to_plain(cfg), "seconds": seconds, "checkpoints": ckpts,
-            "commands": commands, "configs": configs, "train_metrics": train_metrics, **provenance()}
+            "commands": commands, "configs": configs, "train_metrics": train_metrics, **origin}
     with stage("readme"):
         _write_readme(cfg, name, out, meta, config_dir)
     return StudyResult(output_dir=out, seconds=seconds, checkpoints=ckpts)
