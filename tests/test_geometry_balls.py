@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from fsl.data.subsets import stratified_subset
+
 from fsl.geometry import (FeatureGeometry, ambiguity, ball_counts, flip_margins, hull_distances, region_labels,
                           lipschitz, union_coverage)
 
@@ -81,7 +83,8 @@ def test_feature_geometry_study_numbers():
     assert all(isinstance(v, float) for v in st.values())
     idx = ps["index"]
     assert idx.numel() == 40 and torch.equal(idx, idx.sort().values)
-    tidx = torch.randperm(400, generator=_after_draw(60))[:300].sort().values
+    assert torch.equal(idx, stratified_subset(yte, 40, 0).sort().values)  # the draw is stratified, seeded
+    tidx = stratified_subset(ytr, 300, 1).sort().values
     Xq, yq, Xt, yt = Xte[idx], yte[idx], Xtr[tidx], ytr[tidx]
     fr = flip_margins(Xq, W, b, lower=0.0)
     ft = flip_margins(Xt, W, b, lower=0.0)
@@ -106,13 +109,6 @@ def test_feature_geometry_study_numbers():
     assert st["hull/projection_acc"] == float((proj_pred == yq).double().mean())
     assert 0.0 <= st["hull/support_label_agreement"] <= 1.0
     assert math.isclose(st["lipschitz"], float(torch.linalg.matrix_norm(W, 2)))
-
-
-def _after_draw(n):
-    """A generator seeded like FeatureGeometry.analyze's, after its first draw of randperm(n)."""
-    g = torch.Generator().manual_seed(0)
-    torch.randperm(n, generator=g)
-    return g
 
 
 @pytest.mark.parametrize("f", [32, 784])

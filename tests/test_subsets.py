@@ -368,3 +368,13 @@ def test_every_analysis_uses_class_proportional_samples(tmp_path):
     # the analyses that use samples were all seen using them
     users = {k[0] for k in rec.used} | {k[0] for k in rec.draws}
     assert users | {a.name for a in data_free} == set(names)
+
+
+def test_lightning_free_math_does_not_import_lightning():
+    import subprocess
+    import sys
+
+    code = ("import sys, fsl.data.subsets, fsl.geometry, fsl.inversion; "
+            "print('pytorch_lightning' in sys.modules or 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -61,12 +61,3 @@ def extract_features(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                       logits=torch.cat(logits) if logits else torch.empty(0, model.head.out_features),
                       labels=torch.as_tensor(labels).cpu(),
                       index=torch.arange(n) if index is None else torch.as_tensor(index).cpu())
-
-
-def fixed_subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
-    """Former name, without labels: :func:`fsl.data.subsets.stratified_subset` ``(None, n, seed,
-    n_total)``, a seeded uniform random draw (not sorted). Prefer ``stratified_subset`` with the
-    labels, which also balances the classes."""
-    from fsl.data.subsets import stratified_subset
-
-    return stratified_subset(None, n, seed, n_total=n_total)

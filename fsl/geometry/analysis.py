@@ -216,22 +216,23 @@ class FeatureGeometry:
     def analyze(self, test_features: Tensor, test_labels: Tensor, max_queries: int | None = 2000,
                 max_train: int | None = None, seed: int = 0, hull_kwargs: dict | None = None,
                 map_rows: RowMap | None = None) -> GeometryStudy:
-        """:func:`geometry_study` of (a seeded random subset of) the test set.
+        """:func:`geometry_study` of (a seeded, class-stratified subset of) the test set.
 
         Args:
             max_queries: test samples analysed; None = all (``per_sample["index"]`` = their rows).
             max_train: training samples used (hull and balls); None = all.
         """
-        g = torch.Generator().manual_seed(seed)
+        from fsl.data.subsets import stratified_subset
 
-        def subset(n: int, k: int | None) -> Tensor:
-            if k is None or k >= n:
-                return torch.arange(n)
-            return torch.randperm(n, generator=g)[:k].sort().values
-
-        qi = subset(test_features.shape[0], max_queries)
-        ti = subset(self.train.shape[0], max_train).to(self.device)
         labels = torch.as_tensor(test_labels)
+
+        def subset(y: Tensor, k: int | None, s: int) -> Tensor:
+            if k is None or k >= len(y):
+                return torch.arange(len(y))
+            return stratified_subset(y, k, s).sort().values  # used whole: the stored order is kept
+
+        qi = subset(labels, max_queries, seed)
+        ti = subset(self.train_labels, max_train, seed + 1).to(self.device)
         return geometry_study(self.train[ti], self.train_labels[ti], test_features[qi.to(test_features.device)],
                               labels[qi.to(labels.device)], self.weight, self.bias, self.lower, self.upper, hull_kwargs=hull_kwargs,
                               device=self.device, map_rows=map_rows, eval_index=qi)
