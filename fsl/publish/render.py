@@ -71,6 +71,21 @@ def detectors(m: dict) -> list[str]:
     return sorted({k.split("/")[-1] for k in m if k.startswith("adv/") and "/auroc/" in k})
 
 
+def ranked_detectors(m: dict, attack: str) -> list[tuple[str, float]]:
+    """``[(detector, AUROC)]`` against ``attack``, best first (ties by name)."""
+    xs = [(d, _num(m[f"adv/{attack}/auroc/{d}"])) for d in detectors(m) if f"adv/{attack}/auroc/{d}" in m]
+    return sorted(xs, key=lambda t: (-t[1] if not math.isnan(t[1]) else math.inf, t[0]))
+
+
+def command(manifest: dict, key: str) -> str:
+    """The command of stage ``key`` with every recorded checkpoint path shown as ``<name checkpoint>``
+    (the paths are machine-specific; manifest.json keeps them and their SHA-256)."""
+    text = manifest["commands"][key]
+    for name, info in sorted(manifest.get("checkpoints", {}).items(), key=lambda kv: -len(kv[1]["path"])):
+        text = text.replace(info["path"], f"<{name} checkpoint>")
+    return text
+
+
 def keys(m: dict, prefix: str, depth: int = 1) -> list[str]:
     """The distinct path components at ``depth`` below ``prefix`` in the keys of ``m``, sorted."""
     n = len(prefix.rstrip("/").split("/"))
@@ -109,7 +124,8 @@ def render(template: str | Path, folder: str | Path) -> str:
     template = Path(template)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.globals.update(attacks=attacks, detectors=detectors, keys=keys, median_over=median_over)
+    env.globals.update(attacks=attacks, detectors=detectors, keys=keys, median_over=median_over,
+                       ranked_detectors=ranked_detectors, command=command)
     env.filters.update(g3=g3, f3=lambda x: fixed(x, 3), f4=lambda x: fixed(x, 4), f2=lambda x: fixed(x, 2),
                        pct=pct, int=integer, secs=secs)
     try:
@@ -117,3 +133,6 @@ def render(template: str | Path, folder: str | Path) -> str:
     except jinja2.UndefinedError as e:
         raise RenderError(f"{template}: {e} — the template asks for a number that {folder} does not hold; "
                           f"re-run the study or fix the key in the template") from e
+    except jinja2.TemplateError as e:
+        raise RenderError(f"{template}: {type(e).__name__}: {e} (line {getattr(e, 'lineno', '?')}); fix the template "
+                          f"and re-render with `make study NAME=<name> ARGS=only=[readme]`") from e

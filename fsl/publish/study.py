@@ -174,7 +174,9 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
         ckpts["classifier"] = {"path": str(ckpt_path), "sha256": sha256(ckpt_path)}
         commands["classifier"] = f"(given) ckpt_path={ckpt_path}"
     t_all = time.time()
-    origin = provenance()  # the code that runs: taken before the stages, not after
+    computes = [s for s in wanted if s != "readme"]
+    # the code that computed the results: taken before the stages; a README-only run keeps the previous
+    origin = provenance() if computes or not previous else {k: previous[k] for k in ("git", "versions", "hardware")}
     if "train" in wanted:
         with stage("train"):
             run_train("classifier", list(cfg.train))
@@ -206,7 +208,8 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
             if mt.get("baseline"):  # the classifier analyzed with the same settings, when the main study's differ
                 run_analyze("margin_training_baseline", classifier, out / "margin_training_baseline",
                             list(mt.analyze))
-    seconds["total_this_run"] = time.time() - t_all
+    if computes:
+        seconds["total_this_run"] = time.time() - t_all
     meta = {"study": name, "study_config": to_plain(cfg), "seconds": seconds, "checkpoints": ckpts,
             "commands": commands, "configs": configs, "train_metrics": train_metrics, **origin}
     with stage("readme"):
