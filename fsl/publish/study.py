@@ -82,11 +82,11 @@ def _quote(o: str) -> str:
 class _Stage:
     """Prints a progress line per stage and keeps its wall time."""
 
-    def __init__(self, name: str, stages: list[str], seconds: dict):
-        self.name, self.stages, self.seconds = name, stages, seconds
+    def __init__(self, name: str, stages: list[str], seconds: dict, on_done=None):
+        self.name, self.stages, self.seconds, self.on_done = name, stages, seconds, on_done
 
     def __call__(self, stage: str):
-        study, stages, seconds = self.name, self.stages, self.seconds
+        study, stages, seconds, on_done = self.name, self.stages, self.seconds, self.on_done
 
         class _Ctx:
             def __enter__(self_):
@@ -98,6 +98,8 @@ class _Stage:
                 if exc_type is None:
                     seconds[stage] = dt
                     print(f"[study {study}] stage {stage} done in {dt:.0f} s", flush=True)
+                    if on_done is not None and stage != "readme":
+                        on_done()
                 else:
                     print(f"[study {study}] stage {stage} failed after {dt:.0f} s", flush=True)
 
@@ -134,7 +136,20 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
     commands = dict(previous.get("commands", {}))
     configs = dict(previous.get("configs", {}))
     train_metrics = dict(previous.get("train_metrics", {}))
-    stage = _Stage(name, wanted, seconds)
+    computes = [s for s in wanted if s != "readme"]
+    # the code that computed the results: taken before the stages; a README-only run keeps the previous
+    origin = provenance() if computes or not previous else {k: previous[k] for k in ("git", "versions", "hardware")}
+
+    def meta() -> dict:
+        return {"study": name, "study_config": to_plain(cfg), "seconds": seconds, "checkpoints": ckpts,
+                "commands": commands, "configs": configs, "train_metrics": train_metrics, **origin}
+
+    def save_meta() -> None:
+        """The study's record in its manifest after every stage: a run stopped later can go on with
+        ``only=[...]`` from the stages it finished."""
+        ResultsDir(out, staged=False, meta=meta()).commit()
+
+    stage = _Stage(name, wanted, seconds, on_done=save_meta)
     extra_train, extra_analyze = list(extra_train), list(extra_analyze)
 
     def run_train(key: str, overrides: list[str]) -> str:
@@ -174,9 +189,6 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
         ckpts["classifier"] = {"path": str(ckpt_path), "sha256": sha256(ckpt_path)}
         commands["classifier"] = f"(given) ckpt_path={ckpt_path}"
     t_all = time.time()
-    computes = [s for s in wanted if s != "readme"]
-    # the code that computed the results: taken before the stages; a README-only run keeps the previous
-    origin = provenance() if computes or not previous else {k: previous[k] for k in ("git", "versions", "hardware")}
     if "train" in wanted:
         with stage("train"):
             run_train("classifier", list(cfg.train))
@@ -210,10 +222,8 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
                             list(mt.analyze))
     if computes:
         seconds["total_this_run"] = time.time() - t_all
-    meta = {"study": name, "study_config": to_plain(cfg), "seconds": seconds, "checkpoints": ckpts,
-            "commands": commands, "configs": configs, "train_metrics": train_metrics, **origin}
     with stage("readme"):
-        _write_readme(cfg, name, out, meta, config_dir)
+        _write_readme(cfg, name, out, meta(), config_dir)
     return StudyResult(output_dir=out, seconds=seconds, checkpoints=ckpts)
 
 
