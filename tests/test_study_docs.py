@@ -60,3 +60,13 @@ def test_renderer_fails_on_a_missing_metric(tmp_path):
     (tmp_path / "bad.md").write_text("{{ m['analysis/acc_typo']|pct }}\n")
     with pytest.raises(RenderError, match="acc_typo"):
         render(tmp_path / "bad.md", tmp_path / "s")
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))])
+def test_user_docs_link_to_files_that_exist(doc):
+    text = (ROOT / doc).read_text()
+    for link in re.findall(r"\]\(([^)#\s]+)", text):
+        if re.match(r"[a-z]+:", link):
+            continue
+        target = (ROOT / doc).parent / link
+        assert target.exists(), f"{doc}: broken link {link}"
