@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fsl.analysis.results import ResultsDir, ResultsFolderError, read_manifest
+from fsl.analysis.results import ResultsDir, check_results_folder
 from fsl.config import CONFIG_DIR, compose_config, to_plain
 from fsl.errors import FslError
 from fsl.publish.provenance import provenance, sha256
@@ -121,7 +121,7 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
 
     cfg = load_study_config(name, config_dir)
     out = Path(output_dir or cfg.output_dir)
-    previous = _previous_study(out)
+    previous = check_results_folder(out) or {}  # refuses a folder fsl did not write
     only = list(only) if only else None
     if only:
         bad = [s for s in only if s not in STAGES]
@@ -232,16 +232,6 @@ def _ckpt_name(path: str, ckpts: dict) -> str:
         if info["path"] == str(path):
             return f"{key} checkpoint"
     return Path(path).name
-
-
-def _previous_study(out: Path) -> dict:
-    manifest = read_manifest(out) if out.is_dir() else None
-    if manifest is None:
-        if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-            raise ResultsFolderError(f"{out} is not empty and has no manifest.json, so fsl did not write it; "
-                                     f"choose another output_dir= or move its files away")
-        return {}
-    return manifest
 
 
 def _write_readme(cfg, name: str, out: Path, meta: dict, config_dir: Path) -> None:
