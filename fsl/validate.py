@@ -2,20 +2,12 @@
 name gets the closest valid one. Raises :class:`fsl.errors.ConfigError`."""
 from __future__ import annotations
 
-import difflib
-from typing import Iterable
 
 from fsl.errors import ConfigError
+from fsl.registry import closest  # noqa: F401  (re-exported for the config checks)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "multistep", "onecycle")
-
-
-def closest(name, valid: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest valid name, or the list of valid names."""
-    valid = sorted(str(v) for v in valid)
-    match = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else f"; valid: {', '.join(valid)}"
 
 
 def _get(cfg, key: str):
