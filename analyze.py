@@ -1,5 +1,5 @@
 """The full study on a checkpoint: ``python analyze.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt``."""
-from fsl.analysis.study import analyze
+from fsl.analysis.run import analyze
 from fsl.cli import main
 
 

@@ -32,7 +32,7 @@ import torch
 from fsl.analysis.results import claim_new_file, save_new
 
 from fsl.data import mnist5k_tensors, stratified_subset
-from fsl.inversion import diagnose, invert_to_features, probe_reachability, split_misses
+from fsl.inversion import PoolOptions, diagnose, invert_to_features, probe_reachability, split_misses
 from fsl.models import create_model
 
 
@@ -71,11 +71,11 @@ def targets_for(kind: str, model, test, others, train_feats):
     if kind == "far":
         return 50.0 * f_other
     if kind == "flip":
-        from fsl.analysis.pixel_inversion import flip_targets
+        from fsl.analysis.studies.pixels.inversion import flip_targets
 
         return flip_targets(model, f_test)[0].float()
     if kind == "hull":
-        from fsl.analysis.pixel_inversion import hull_targets
+        from fsl.analysis.studies.pixels.inversion import hull_targets
 
         return hull_targets(f_test, train_feats)[0].float()
     raise ValueError(kind)
@@ -146,11 +146,11 @@ def main(argv=None):
             for s in range(0, len(test), args.batch):
                 t1 = time.perf_counter()
                 name, _, opt = method.partition(":")
-                kw = {"pool": pool, "pool_features": pool_feats} if (name == "lm" and args.pool) else {}
+                opts = {"pool": PoolOptions(images=pool, features=pool_feats)} if (name == "lm" and args.pool) else {}
                 if opt == "nofallback":
-                    kw["lm_fallback"] = False
+                    opts["fallback"] = None  # LMOptions: no al+sqp fallback
                 results.append(invert_to_features(model, t[s:s + args.batch], test[s:s + args.batch], method=name,
-                                                  **kw))
+                                                  options=opts))
                 secs += time.perf_counter() - t1
             counts = {k: 0 for k in ("hit", "unreachable", "stationary", "not_converged")}
             cats = []

@@ -98,7 +98,10 @@ def main(task: Callable, config_name: str) -> None:
     """Run ``task(cfg)`` under Hydra with ``configs/<config_name>.yaml``, fsl errors as one line."""
     import hydra
 
-    args = sys.argv[1:]
+    from fsl.config import with_default_analyses
+
+    args = with_default_analyses(config_name, sys.argv[1:])
+    sys.argv[1:] = args  # Hydra reads sys.argv
     if not _full_error() and not any(a in ("-m", "--multirun") or a.startswith("--") for a in args):
         try:
             check_overrides(config_name, [a for a in args if not a.startswith("-")])

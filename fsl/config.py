@@ -8,7 +8,10 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from fsl.configfiles import CONFIG_DIR, to_plain
+
+__all__ = ["CONFIG_DIR", "to_plain", "compose_config", "register_resolvers", "wandb_mode", "checkpoint_run_name",
+           "with_default_analyses"]
 
 
 def wandb_mode() -> str:
@@ -53,12 +56,21 @@ def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> DictCo
 
     register_resolvers()
     GlobalHydra.instance().clear()
+    overrides = with_default_analyses(name, overrides)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+        return compose(config_name=name, overrides=overrides)
 
 
-def to_plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+def with_default_analyses(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """``overrides`` for ``configs/<config_name>.yaml``; for ``analyze`` without an ``analysis=[...]``
+    choice, ``analysis=[...]`` is prepended with every analysis whose yaml says ``default: true``
+    (:func:`fsl.analysis.base.default_analyses`), so a new analysis joins by its own file alone."""
+    overrides = list(overrides)
+    if config_name != "analyze" or any(o.split("=", 1)[0].lstrip("+~") == "analysis" for o in overrides):
+        return overrides
+    from fsl.analysis.base import default_analyses
+
+    return [f"analysis=[{','.join(default_analyses())}]", *overrides]
 
 
 register_resolvers()

@@ -143,8 +143,9 @@ class Registry:
             return dict(self._defaults(name))
         return signature_defaults(e.obj)
 
-    def check_params(self, name: str, params: Iterable[str], extra: Iterable[str] = ()) -> None:
-        """ConfigError naming the first of ``params`` that ``name`` does not take (``extra``: also valid)."""
+    def check_params(self, name: str, params: Iterable[str], extra: Iterable[str] = (), context: str = "") -> None:
+        """ConfigError naming the first of ``params`` that ``name`` does not take (``extra``: also valid),
+        prefixed by ``context`` (e.g. the call that got them)."""
         e = self.entry(name)
         valid = set(self.defaults(name)) | set(extra)
         if e.defaults is None and not callable(self._defaults):
@@ -155,7 +156,8 @@ class Registry:
         unknown = sorted(set(params) - valid)
         if unknown:
             where = f" ({self._where} lists them)" if self._where else ""
-            raise ConfigError(f"{self.kind} {name!r} has no parameter {unknown[0]!r}{closest(unknown[0], valid)}"
+            prefix = f"{context}: " if context else ""
+            raise ConfigError(f"{prefix}{self.kind} {name!r} has no option {unknown[0]!r}{closest(unknown[0], valid)}"
                               f"{where}")
 
     def create(self, name: str, *args, **params) -> Any:

@@ -71,7 +71,7 @@ def validate_analyze_config(cfg) -> None:
     for key in ("n_train", "n_eval"):
         _positive(p, cfg, key, allow_none=True)
     _analysis_problems(p, cfg, None)
-    from fsl.config import to_plain
+    from fsl.configfiles import to_plain
 
     chosen = to_plain(_get(cfg, "analysis") or {})
     if chosen and not any((o or {}).get("enabled", True) for o in chosen.values()):
@@ -80,47 +80,28 @@ def validate_analyze_config(cfg) -> None:
     _raise(p, "analyze")
 
 
-_SIZES = ("n_train", "n_eval", "n_samples", "n_queries", "n_figure", "n_measure", "n_signal", "n_ideal")
-
-
 def _analysis_problems(p: list, cfg, data_name: str | None) -> None:
-    """The ``analysis:`` node: registered names, schedules, sizes, and the attacks of the suite."""
-    from fsl.adversarial.attacks import ATTACKS
-    from fsl.analysis.base import ANALYSES, _load_builtin
-    from fsl.config import to_plain
+    """The ``analysis:`` node: registered names, and each enabled analysis' options by its own rules
+    (:attr:`Analysis.sizes`, :attr:`Analysis.minimums`, :meth:`Analysis.config_problems`)."""
+    from fsl.analysis.base import ANALYSES
+    from fsl.configfiles import to_plain
 
-    _load_builtin()
     for name, opts in (to_plain(_get(cfg, "analysis") or {})).items():
         key = f"analysis.{name}"
         if name not in ANALYSES:
-            p.append(f"{key}: unknown analysis {name!r}" + closest(name, ANALYSES))
+            p.append(f"{key}: unknown analysis {name!r}" + closest(name, ANALYSES.names()))
             continue
-        if not (opts or {}).get("enabled", True):
+        opts = opts or {}
+        if not opts.get("enabled", True):
             continue
-        _positive(p, cfg, f"{key}.every_n_epochs", minimum=0)
-        for k in _SIZES:
-            if k in opts:
-                _positive(p, cfg, f"{key}.{k}", allow_none=True)
-        for k, minimum in (("batch_size", 1), ("knn_k", 1), ("n_boot", 0)):
+        cls = ANALYSES.get(name)
+        for k, minimum in cls.minimums.items():
             if k in opts:
                 _positive(p, cfg, f"{key}.{k}", minimum=minimum)
-        if name != "adversarial":
-            continue
-        attacks = opts.get("attacks")
-        for a, spec in (attacks or {}).items():
-            attack = (spec or {}).get("attack", a)
-            if attack not in ATTACKS:
-                p.append(f"attacks.{a}: unknown attack {attack!r}" + closest(attack, ATTACKS))
-        only = opts.get("only")
-        if only and (attacks or data_name):
-            from fsl.adversarial.suites import load_suite, suite_for_data
-
-            try:
-                suite = attacks if attacks else load_suite(suite_for_data(data_name))
-            except ValueError as exc:
-                p.append(f"attacks: {exc}")
-            else:
-                _check_names(p, f"{key}.only", list(only), suite)
+        for k in cls.sizes:
+            if k in opts:
+                _positive(p, cfg, f"{key}.{k}", allow_none=True)
+        p.extend(cls.config_problems(key, opts, data_name))
     if _get(cfg, "pixels") is not None:
         _positive(p, cfg, "pixels.batch_size")
         for k in ("n_figure", "n_measure"):

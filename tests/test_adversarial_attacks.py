@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 
-from fsl.adversarial.attacks import ATTACKS, attack_context, run_attack, select_correct
-from fsl.adversarial.detection import SCORES, detection_metrics, margin_score
+from fsl.adversarial import ATTACKS, DETECTORS
+from fsl.adversarial.attacks import attack_context, run_attack, select_correct
+from fsl.adversarial.detectors import margin_score
+from fsl.adversarial.metrics import detection_metrics
 from fsl.adversarial.evaluate import Detectors, DistanceFunctions, evaluate_attack
 from fsl.adversarial.success import GAP_RTOL, STOP_FACTOR
+from fsl.errors import ConfigError
 from fsl.models import create_model
 
 
@@ -309,7 +312,7 @@ def test_unknown_attack_params_and_bad_images(trained):
         run_attack(model, Xte[:2], yte[:2], "fgsm")
     with pytest.raises(ValueError, match="deepfool_batched' was removed.*'deepfool'"):
         run_attack(model, Xte[:2], yte[:2], "deepfool_batched")
-    with pytest.raises(TypeError, match="unknown parameters"):
+    with pytest.raises(ConfigError, match=r"has no option 'overshoot'"):
         run_attack(model, Xte[:2], yte[:2], "pgd", overshoot=0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_attack(model, Xte[:2] * 255, yte[:2], "pgd")
@@ -335,7 +338,7 @@ def test_suites_are_checked():
         load_suite("auto")
     with pytest.raises(ValueError, match="'x'.*unknown attack 'fgsm'"):
         check_suite({"x": {"attack": "fgsm"}})
-    with pytest.raises(ValueError, match="'p'.*unknown parameters \\['epsilon'\\]"):
+    with pytest.raises(ValueError, match="'p'.*has no option 'epsilon'"):
         check_suite({"p": {"attack": "pgd", "epsilon": 0.1}})
 
 
@@ -383,10 +386,10 @@ def test_evaluate_attack_end_to_end(trained):
     expected = {"success_rate", "l2/mean", "l2/median", "linf/mean", "linf/median", "gap/median", "seconds",
                 "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "rule/train_margin_fpr"}
     expected |= {f"{m}/{d}" for m in ("auroc", "tpr5", "fpr95", "aupr_in", "aupr_out", "auroc_lo", "auroc_hi")
-                 for d in SCORES}
+                 for d in DETECTORS.names()}
     assert expected <= set(met)
     assert all(isinstance(v, float) for v in met.values())
-    assert set(roc) == set(SCORES)
+    assert set(roc) == set(DETECTORS.names())
     assert float(ps["gap"][s].min()) > 0
     # DeepFool examples sit next to a boundary: margin detects them well on this model
     assert met["auroc/margin"] > 0.9 and met["frac_margin_lt_hull"] > 0.9

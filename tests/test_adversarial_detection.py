@@ -1,13 +1,14 @@
-"""Detection scores and metrics of fsl.adversarial.detection on hand-made numbers (no model)."""
+"""Detection scores (fsl.adversarial.detectors) and ranking metrics (fsl.adversarial.metrics) on hand-made
+numbers (no model)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from fsl.adversarial.detection import (ambiguity_score, clean_threshold, detection_metrics, detection_table,
-                                       feature_space_summary, fit_mahalanobis, margin_score, msp_score,
-                                       roc_curve, train_margin_rule)
+from fsl.adversarial.detectors import ambiguity_score, fit_mahalanobis, margin_score, msp_score, train_margin_rule
+from fsl.adversarial.evaluate import feature_space_summary
+from fsl.adversarial.metrics import clean_threshold, detection_metrics, detection_table, roc_curve
 
 
 def manual_auroc(clean, adv):

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from fsl.adversarial.detection import detection_table
+from fsl.adversarial.metrics import detection_table
 from fsl.plots.detection_figures import evaluation_scores, roc_figure, score_histograms
 
 

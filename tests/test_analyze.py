@@ -30,7 +30,7 @@ def analyze_cfg(tmp, ckpt, out, extra=()):
 
 
 def test_analyze_writes_every_file(checkpoint, tmp_path):
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
     from fsl.tracking import find_offline_runs, read_offline_run
 
     tmp, ckpt = checkpoint
@@ -68,7 +68,7 @@ def test_analyze_writes_every_file(checkpoint, tmp_path):
 
 
 def test_wrong_architecture_and_corrupt_checkpoint(checkpoint, tmp_path):
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
 
     tmp, ckpt = checkpoint
     with pytest.raises(CheckpointError, match="holds a 'selu_mlp' model, not 'resnet20'"):
@@ -90,7 +90,7 @@ def test_analysis_killed_midway_leaves_the_previous_results_whole(checkpoint, tm
     import time
     from pathlib import Path
 
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
 
     tmp, ckpt = checkpoint
     out = tmp_path / "res"

@@ -81,7 +81,7 @@ def out_of_box(c):
 
 def inv(c, **kw):
     """invert_to_features on the fixture with a tiny iteration budget (rows here must raise early)."""
-    args = dict(targets=c.f, references=c.x, max_iter=2, al_iter=1)
+    args = dict(targets=c.f, references=c.x, options={"max_iter": 2, "fallback": {"al_iter": 1}})
     args.update(kw)
     return I.invert_to_features(c.model, **args)
 
@@ -253,15 +253,15 @@ ROWS = [
                  "PINNED", id="black_reference-shape"),
     pytest.param(lambda c: I.white_reference(c.x[0]), Check(lambda out, c: out.eq(1).all() and out.shape == (1, 4, 4)),
                  "PINNED", id="white_reference-shape"),
-    pytest.param(lambda c: I.morph(c.model, nan_image(c)[1], c.x[0], n_steps=3, max_iter=1, al_iter=1),
+    pytest.param(lambda c: I.morph(c.model, nan_image(c)[1], c.x[0], n_steps=3, options={"max_iter": 1, "fallback": {"al_iter": 1}}),
                  Raises(ValueError, f"image_a: 1 image.*{FINITE}"), "FAILED: silent, NaN-driven radii and images",
                  id="morph-nan-image"),
     pytest.param(lambda c: I.morph(c.model, c.x, c.x, n_steps=3), Raises(ValueError, r"shape \(C, H, W\)"),
                  "FAILED: RuntimeError: mat1 and mat2 shapes cannot be multiplied", id="morph-batch-not-image"),
-    pytest.param(lambda c: I.morph(c.model, c.x[1], c.x[0], radii=torch.tensor([1.0, -1.0]), max_iter=1, al_iter=1),
+    pytest.param(lambda c: I.morph(c.model, c.x[1], c.x[0], radii=torch.tensor([1.0, -1.0]), options={"max_iter": 1, "fallback": {"al_iter": 1}}),
                  Raises(ValueError, "1 negative radii"), "FAILED: silent, -1 solved as the point problem",
                  id="morph-negative-radius"),
-    pytest.param(lambda c: I.morph(c.model, c.x[1], c.x[0], radii=torch.tensor([1.0, NAN]), max_iter=1, al_iter=1),
+    pytest.param(lambda c: I.morph(c.model, c.x[1], c.x[0], radii=torch.tensor([1.0, NAN]), options={"max_iter": 1, "fallback": {"al_iter": 1}}),
                  Raises(ValueError, f"radii: 1 value.*{FINITE}"),
                  "FAILED: silent, the NaN radius is skipped and its image left uninitialised",
                  id="morph-nan-radius"),
@@ -293,7 +293,7 @@ ROWS = [
     pytest.param(lambda c: I.residual_lower_bound(c.f[:0], c.f[0], c.f[0]).shape, Check(lambda out, c: out == (0,)),
                  "PINNED", id="residual_lower_bound-empty"),
     pytest.param(lambda c: I.diagnose(c.model, I.invert_to_features(c.model, c.f[:2], c.x[2:4], radius=1.0,
-                                                                    mode="sphere", max_iter=2), c.f[:2]),
+                                                                    mode="sphere", options={"max_iter": 2}), c.f[:2]),
                  Raises(ValueError, "point-mode results only"), "PINNED", id="diagnose-sphere"),
     pytest.param(lambda c: I.probe_reachability(c.model, poke(c.f[:2], (0, 0), NAN), c.x[:2], steps=2),
                  Raises(ValueError, FINITE), "PINNED", id="probe_reachability-nan-targets"),
@@ -647,4 +647,4 @@ def test_every_public_function_has_a_row():
 
 
 #: public functions without a tensor input to get wrong (context managers)
-_NO_DATA_INPUT = {"frozen_eval", "attack_context", "detector_names", "per_sample_dtypes"}
+_NO_DATA_INPUT = {"frozen_eval", "attack_context", "per_sample_dtypes"}

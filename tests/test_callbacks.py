@@ -45,7 +45,7 @@ def test_geometry_keys_are_logged_each_epoch(fitted):
 
 def test_adversarial_keys_are_logged(fitted):
     tmp, cfg, result, run = fitted
-    from fsl.adversarial import SCORES, load_suite
+    from fsl.adversarial import DETECTORS, load_suite
 
     suite = load_suite("mnist")
     assert set(suite) == {"deepfool", "pgd_01", "pgd_02", "pgd_03", "pgd_l2", "apgd_01", "apgd_l2", "cw",
@@ -54,13 +54,13 @@ def test_adversarial_keys_are_logged(fitted):
         keys = ["success_rate", "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "l2/median",
                 "linf/median", "gap/median", "seconds"]
         keys += [f"{m}/{d}" for m in ("auroc", "auroc_lo", "auroc_hi", "tpr5", "fpr95", "aupr_in", "aupr_out")
-                 for d in SCORES]
+                 for d in DETECTORS.names()]
         for key in keys:
             assert len(run.series(f"adv/{attack}/{key}")) == 1, (attack, key)  # epoch 2 only
     assert run.summary["adv/deepfool/success_rate"] >= 0.99
     assert run.summary["adv/pgd_03/linf/median"] <= 0.3 + 1e-6
     assert run.summary["adv/cw/gap/median"] >= 10.0 * (1 - 1e-4)  # the suite's kappa
-    for d in SCORES:
+    for d in DETECTORS.names():
         assert run.summary[f"adv/cw/auroc_lo/{d}"] <= run.summary[f"adv/cw/auroc/{d}"] <= \
             run.summary[f"adv/cw/auroc_hi/{d}"], d
     assert any(k.startswith("adv/deepfool/roc/") for k in run.keys)

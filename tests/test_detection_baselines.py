@@ -1,5 +1,5 @@
 """Baseline detection scores (energy, kNN, fDBD, MSP) and the AUPR / FPR95 / bootstrap metrics of
-fsl.adversarial.detection, against pytorch-ood, sklearn and brute-force references."""
+fsl.adversarial.metrics, against pytorch-ood, sklearn and brute-force references."""
 import importlib
 import importlib.util
 import math
@@ -12,9 +12,10 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from fsl.adversarial.detection import (BOOTSTRAP_METRICS, SCORES, KNNDetector, bootstrap_ci, bootstrap_indices,
-                                       bootstrap_replicates, detection_metrics, detection_table, energy_score,
-                                       fdbd_score, fit_fdbd, knn_score, msp_score)
+from fsl.adversarial.detectors import (DETECTORS, KNNDetector, energy_score, fdbd_score, fit_fdbd, knn_score,
+                                       msp_score)
+from fsl.adversarial.metrics import (BOOTSTRAP_METRICS, bootstrap_ci, bootstrap_indices, bootstrap_replicates,
+                                     detection_metrics, detection_table)
 
 
 # ------------------------------------------------------------------------------------ pytorch-ood
@@ -161,8 +162,8 @@ def test_fdbd_identical_weights_and_bad_inputs_raise():
         fit_fdbd(torch.tensor([[float("inf"), 0.0]]))
 
 
-def test_scores_tuple_and_nan_logits():
-    assert SCORES == ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
+def test_detector_order_and_nan_logits():
+    assert DETECTORS.names() == ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
     with pytest.raises(ValueError, match="non-finite"):
         energy_score(torch.tensor([[0.0, float("nan")]]))
     with pytest.raises(ValueError, match="temperature"):

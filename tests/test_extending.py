@@ -29,11 +29,11 @@ def blocks(kind: str) -> tuple[str, dict]:
 def registries():
     import fsl.analysis.studies  # noqa: F401  (register the built-in analyses before the snapshot)
 
-    saved = [(r, dict(r)) for r in (ATTACKS, DETECTORS, MODELS, ANALYSES)]
+    saved = [(r, set(r.names())) for r in (ATTACKS, DETECTORS, MODELS, ANALYSES)]
     yield
-    for reg, copy in saved:
-        reg.clear()
-        reg.update(copy)
+    for reg, before in saved:  # a name cannot be registered twice, so only new names need removing
+        for name in set(reg.names()) - before:
+            reg.unregister(name)
 
 
 def run_example(kind: str) -> tuple[dict, dict]:
@@ -133,3 +133,47 @@ def test_analysis_example(registries):
     media = wandb_media(analyses[1], res)
     assert set(media) == {"norms/hist", "norms/feature_hist"}
     assert res.figures["hist"].file == "feature_norms" and len(res.per_sample["feature_norm"]) == 30
+
+
+def test_pixel_study_example(registries, tmp_path, monkeypatch):
+    """The PixelStudy of docs/extending.md: its yaml (in a copy of configs/) puts it into analyze.py's
+    default list, the run's `pixels` settings reach it, and its metric is the relative feature change
+    on the samples the pixel studies share."""
+    import shutil
+
+    import fsl.configfiles
+    from fsl.analysis import Context, build_analyses, default_analyses, flat_metrics, run_analyses
+    from fsl.config import with_default_analyses
+
+    model = tiny_model()
+    run_example("pixel_study")
+    _, cfg = blocks("pixel_study")
+    for sub in ("analysis", "pixels"):
+        shutil.copytree(fsl.configfiles.CONFIG_DIR / sub, tmp_path / sub)
+    (tmp_path / "analysis" / "noise.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(fsl.configfiles, "CONFIG_DIR", tmp_path)  # the yaml files are read on every call
+    assert default_analyses()[-1] == "noise"  # `default: true`, registered after the built-ins
+    assert with_default_analyses("analyze", [])[0].endswith(",noise]")
+
+    ctx = Context(model, lambda split: data(60 if split == "train" else 30, seed=0 if split == "train" else 3),
+                  eval_split="test", figures=True)
+    (study,) = build_analyses({"noise": {}}, shared={"pixels": {"n_measure": 12, "n_figure": 2}})
+    assert study.sigma == 0.05  # the yaml's default
+    res = run_analyses([study], ctx)["noise"]
+
+    run = study.begin(ctx)  # the same selection (cached per context) and settings
+    assert run.o["n_measure"] == 12 and run.o["method"] == "lm"  # the run's pixels, then configs/pixels/
+    assert torch.bincount(run.test_labels, minlength=3).tolist() == [4, 4, 4]  # stratified by class
+    x = run.test_images[:12]
+    g = torch.Generator().manual_seed(int(run.o["seed"]))
+    x_noisy = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    with torch.no_grad():
+        f, f_noisy = model.forward_features(x).double(), model.forward_features(x_noisy).double()
+    want = float(((f_noisy - f).norm(dim=1) / f.norm(dim=1)).median())
+    assert res.metrics["noise/relative_change_median"] == pytest.approx(want) and want > 0
+    assert set(flat_metrics(study, res)) == {"pixels/noise/n", "pixels/noise/relative_change_median",
+                                             "pixels/studies/noise/seconds"}
+    assert res.figures["noise"].file == "pixels_noise" and res.report[0].startswith("- pixel noise of sigma 0.05")
+    assert study.section_intro(ctx)[0] == "## From feature space back to pixels"
+    ANALYSES.unregister("noise")
+    assert "noise" not in ANALYSES

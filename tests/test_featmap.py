@@ -287,7 +287,7 @@ def test_bad_input_is_named_with_the_fix():
         featmap_study(model, x, x, mappings=["lineer"])
     with pytest.raises(ValueError, match="has no layer 'stage9'.*its layers, keys of feature_maps: \\['conv', 'features'\\]"):
         featmap_study(model, x, x, layers=["stage9"], mappings=["linear"])
-    with pytest.raises(ValueError, match="has no parameter 'sigmaa'; did you mean 'sigma'"):
+    with pytest.raises(ValueError, match="has no option 'sigmaa'; did you mean 'sigma'"):
         apply_manipulation("noise", x, params={"sigmaa": 0.1})
     with pytest.raises(ValueError, match="featmap sgd has no option 'epochs'"):
         featmap_study(model, x, x, mappings=["mlp"], sgd={"epochs": 3})
@@ -295,6 +295,33 @@ def test_bad_input_is_named_with_the_fix():
         fit_shared_linear(f, f[:, :3])
     with pytest.raises(ValueError, match="figure_mapping 'linear' is not among the mappings \\['identity'\\]"):
         featmap_study(model, x, x, mappings=["identity"], decoders={"conv": lambda h: h}, figure_mapping="linear")
+
+
+def test_manipulation_registry_names_the_closest_name_and_parameter():
+    from fsl.errors import ConfigError
+    from fsl.featmap.manipulations import Manipulation, manipulation
+    from fsl.registry import Registry
+
+    assert isinstance(MANIPULATIONS, Registry) and MANIPULATIONS.names()[:5] == ("rot90", "rot180", "rot270", "hflip",
+                                                                                "vflip")
+    x = torch.rand(2, 3, 8, 8, generator=_gen(12))
+    with pytest.raises(ConfigError, match=r"unknown manipulation 'blurr'; did you mean 'blur'\? "
+                                          r"\(see fsl.featmap.MANIPULATIONS\)"):
+        apply_manipulation("blurr", x)
+    with pytest.raises(ConfigError, match="unknown manipulation 'xyz'; valid: blur, brightness"):
+        manipulation("xyz")
+    with pytest.raises(ConfigError, match="manipulation 'contrast' has no option 'centr'; did you mean 'centre'"):
+        apply_manipulation("contrast", x, params={"centr": 0.5})
+    with pytest.raises(ConfigError, match="manipulation 'hflip' has no option 'sigma'; valid: none"):
+        apply_manipulation("hflip", x, params={"sigma": 0.5})
+    m = manipulation("hue")
+    assert isinstance(m, Manipulation) and m.colour_only and m.kind == "photometric"
+    assert MANIPULATIONS.entry("hue").meta == {"kind": "photometric"}
+    d = MANIPULATIONS.defaults("noise")
+    d["sigma"] = 1.0  # a fresh copy: the registered defaults stay
+    assert MANIPULATIONS.defaults("noise") == {"sigma": 40 / 255} == manipulation("noise").defaults
+    torch.testing.assert_close(apply_manipulation("noise", x, seed=3)[0],
+                               apply_manipulation("noise", x, seed=3, params={"sigma": 40 / 255})[0], rtol=0, atol=0)
 
 
 def test_featmap_analysis_is_opt_in_and_checks_its_options_when_built():
@@ -390,7 +417,7 @@ def _featinv_checkpoint(ckpt, layer, path):
 
 
 def test_analyze_runs_featmap_with_every_map(selu_run, tmp_path):
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
     from fsl.config import compose_config
 
     _, result = selu_run

@@ -251,7 +251,7 @@ def _step_response():
 
 
 def _inversion_as_called(n=12, c=1):
-    """pixel_inversion._save_inversion_figure: the figure, then a suptitle and tight_layout(rect)."""
+    """fsl.analysis.studies.pixels.inversion._save_inversion_figure: the figure, then a suptitle and tight_layout(rect)."""
     refs, x = _images(n, c), _images(n, c, seed=5)
     fig = pf.inversion_figure(refs, x, _inversion_result(n), targets_label="flip point", max_items=n)
     fig.suptitle("closest flip point (paper Fig. 3); references: sample x4, black x4, white x4", fontsize=9)
@@ -274,7 +274,7 @@ def _morph(k=9):
 
 
 def _spectra():
-    from fsl.analysis.pixel_studies import spectra_figure
+    from fsl.analysis.studies.pixels.signal import spectra_figure
 
     g = torch.Generator().manual_seed(0)
     sp = [SimpleNamespace(name=f"layers.{i}", kind="linear", singular_values=torch.sort(torch.rand(30, generator=g),

@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
-from fsl.inversion import (invert_to_features, jacobian_null_space, level_set_walk, make_references, morph,
-                           null_space_directions, null_step_response, pixel_line_feature_path,
-                           two_point_equidistant)
+from fsl.inversion import (ALSQPOptions, LMOptions, invert_to_features, jacobian_null_space, level_set_walk,
+                           make_references, morph, null_space_directions, null_step_response,
+                           pixel_line_feature_path, two_point_equidistant)
 from fsl.data import mnist5k_tensors
 from fsl.models import SELU_LOWER
 
@@ -71,13 +71,15 @@ def test_unreachable_targets_are_reported_as_misses(trained):
     model, X, _ = trained
     refs = X[4000:4008]
     targets = _feats(model, X[4500:4508])
-    far = invert_to_features(model, 50.0 * targets, refs, max_iter=20, al_iter=10)
+    far = invert_to_features(model, 50.0 * targets, refs,
+                             options=LMOptions(max_iter=20, fallback=ALSQPOptions(al_iter=10)))
     assert not bool(far.success.any())
     assert bool((far.feature_residual > 1e-3).all())
     indep = _independent_point_residual(model, far.images, 50.0 * targets)
     torch.testing.assert_close(indep, far.feature_residual, rtol=1e-4, atol=1e-7)
     below = torch.full_like(targets, SELU_LOWER - 1.0)  # outside SELU's range: no image maps there
-    out = invert_to_features(model, below, refs, max_iter=20, al_iter=10)
+    out = invert_to_features(model, below, refs,
+                             options=LMOptions(max_iter=20, fallback=ALSQPOptions(al_iter=10)))
     assert not bool(out.target_in_domain.any())
     assert not bool(out.success.any())
     assert bool(torch.isfinite(out.feature_residual).all())
@@ -116,7 +118,8 @@ def test_references_and_success_flag_is_honest(trained):
     for kind in ("black", "white"):
         refs = make_references(kind, samples)
         assert torch.all(refs == (0.0 if kind == "black" else 1.0))
-        res = invert_to_features(model, targets, refs, max_iter=30, al_iter=10)
+        res = invert_to_features(model, targets, refs,
+                                 options=LMOptions(max_iter=30, fallback=ALSQPOptions(al_iter=10)))
         indep = _independent_point_residual(model, res.images, targets)
         assert torch.equal(res.success, indep <= 1e-3)
     assert torch.equal(make_references("sample", samples), samples)

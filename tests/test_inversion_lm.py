@@ -2,11 +2,14 @@
 on toy networks small enough to run in seconds."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from fsl.inversion import (diagnose, feature_bounds, feature_path, invert_to_features, probe_reachability,
-                           residual_lower_bound)
+from fsl.errors import ConfigError
+from fsl.inversion import (ALOptions, ALSQPOptions, LMOptions, PoolOptions, SQPOptions, diagnose, feature_bounds,
+                           feature_path, invert_to_features, probe_reachability, residual_lower_bound)
 from fsl.models import create_model
 
 
@@ -132,7 +135,7 @@ def test_diagnose_splits_misses_by_the_probe():
     refs = torch.rand(2, 1, 6, 6, generator=g)
     targets = _feats(model, torch.rand(2, 1, 6, 6, generator=g))
     # a budget of one trial point and no fallback: both targets are missed by the solver ...
-    res = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False)
+    res = invert_to_features(model, targets, refs, method="lm", options=LMOptions(max_iter=1, fallback=None))
     assert not bool(res.success.any())
     probe = probe_reachability(model, targets, refs, steps=1500, lr=0.05)
     diag = diagnose(model, res, targets, probe=probe)
@@ -176,11 +179,120 @@ def test_pool_restarts_replace_misses_with_hits_from_the_nearest_pool_image():
     targets = _feats(model, sources)
     pool = torch.cat([torch.rand(5, 1, 6, 6, generator=g), sources])
     # one trial point from the reference and no fallback: the path alone misses every target ...
-    alone = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False)
+    alone = invert_to_features(model, targets, refs, method="lm", options=LMOptions(max_iter=1, fallback=None))
     assert not bool(alone.success.any())
     # ... the pool holds images with exactly the target features: restarting there hits them
-    res = invert_to_features(model, targets, refs, method="lm", max_iter=1, lm_fallback=False, pool=pool)
+    res = invert_to_features(model, targets, refs, method="lm",
+                             options=LMOptions(max_iter=1, fallback=None, pool=PoolOptions(images=pool)))
     assert bool(res.success.all()) and bool(res.extra["pool"].all())
     indep = (_feats(model, res.images).double() - targets.double()).norm(dim=1) / targets.double().norm(dim=1)
     torch.testing.assert_close(indep, res.feature_residual, rtol=1e-4, atol=1e-7)
     assert bool((res.feature_residual <= 1e-3).all())
+
+
+# ----------------------------------------------------------------------------- options of invert_to_features
+def _same_result(a, b):
+    for k in ("images", "features", "feature_residual", "feature_error", "distance", "success", "iterations",
+              "target_in_domain"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert torch.equal(a.stationarity.isnan(), b.stationarity.isnan())
+    assert torch.equal(a.stationarity.nan_to_num(), b.stationarity.nan_to_num())
+    assert a.extra.keys() == b.extra.keys() and all(torch.equal(a.extra[k], b.extra[k]) for k in a.extra)
+
+
+@pytest.mark.parametrize("method, cls, fields", [
+    ("lm", LMOptions, dict(max_iter=3, max_jac=2, polish=2, fallback=dict(al_iter=2, inner_steps=5, max_iter=4),
+                           pool=dict(k=2, polish=1))),
+    ("al+sqp", ALSQPOptions, dict(al_iter=2, inner_steps=5, lr=0.02, mu0=2.0, max_iter=4, step_tol=1e-3)),
+    ("sqp", SQPOptions, dict(max_iter=4, mu_rel=1e-5, step_tol=1e-3)),
+    ("al", ALOptions, dict(max_iter=3, inner_steps=5, lr=0.02, polish=2)),
+])
+def test_options_as_dict_or_dataclass_give_identical_results(method, cls, fields):
+    model = _toy_selu()
+    g = torch.Generator().manual_seed(11)
+    refs, src = torch.rand(3, 1, 6, 6, generator=g), torch.rand(3, 1, 6, 6, generator=g)
+    targets = _feats(model, src)
+    targets[2] *= 3.0  # a miss, so the fallback and the pool restarts run
+    fields = dict(fields)
+    if method == "lm":
+        fields["pool"] = dict(fields["pool"], images=torch.rand(4, 1, 6, 6, generator=g))
+        as_class = dict(fields, pool=PoolOptions(**fields["pool"]), fallback=ALSQPOptions(**fields["fallback"]))
+    else:
+        as_class = fields
+    a = invert_to_features(model, targets, refs, method=method, options=fields)
+    b = invert_to_features(model, targets, refs, method=method, options=cls(**as_class))
+    _same_result(a, b)
+    # the defaults: no options, an empty dict and the default dataclass are the same call
+    if method == "sqp":
+        c = invert_to_features(model, targets, refs, method=method)
+        _same_result(c, invert_to_features(model, targets, refs, method=method, options={}))
+        _same_result(c, invert_to_features(model, targets, refs, method=method, options=cls()))
+
+
+def test_options_defaults_are_the_documented_ones():
+    assert LMOptions() == LMOptions(max_iter=80, max_jac=80, broyden=False, polish=0, mu_rel=1e-6, step_tol=1e-4,
+                                    pool=None, fallback=ALSQPOptions())
+    assert ALSQPOptions() == ALSQPOptions(al_iter=15, inner_steps=40, lr=0.01, mu0=1.0, max_iter=60, mu_rel=1e-6,
+                                          step_tol=1e-4)
+    assert SQPOptions() == SQPOptions(max_iter=60, mu_rel=1e-6, step_tol=1e-4)
+    assert ALOptions() == ALOptions(max_iter=30, inner_steps=40, lr=0.01, mu0=1.0, polish=20, mu_rel=1e-6)
+    p = PoolOptions(images=torch.zeros(1, 1, 6, 6))
+    assert (p.features, p.k, p.polish) == (None, 3, 10)
+    # nested dicts, a bare pool tensor and a bool fallback become their dataclasses
+    o = LMOptions(pool=p.images, fallback={"al_iter": 4})
+    assert isinstance(o.pool, PoolOptions) and o.pool.images is p.images
+    assert o.fallback == ALSQPOptions(al_iter=4)
+    assert LMOptions(fallback=False).fallback is None and LMOptions(fallback=True).fallback == ALSQPOptions()
+    with pytest.raises(Exception):
+        LMOptions().max_iter = 3  # frozen
+
+
+@pytest.mark.parametrize("method, options, match", [
+    ("lm", {"max_iters": 3}, "unknown option 'max_iters' of LMOptions; did you mean 'max_iter'"),
+    ("lm", {"fallback": {"al_iters": 3}}, "unknown option 'al_iters' of ALSQPOptions; did you mean 'al_iter'"),
+    ("lm", {"pool": {"k": 2}}, "PoolOptions needs 'images'"),
+    ("al", {"inner_step": 3}, "did you mean 'inner_steps'"),
+    ("sqp", {"zzz": 1}, "valid: max_iter, mu_rel, step_tol"),
+    ("lm", SQPOptions(), "method 'lm' takes LMOptions or a dict of its fields, got SQPOptions"),
+    ("sqp", [1], "method 'sqp' takes SQPOptions"),
+])
+def test_bad_options_raise_config_error_with_a_suggestion(method, options, match):
+    model = _toy_selu()
+    x = torch.rand(1, 1, 6, 6)
+    with pytest.raises(ConfigError, match=match):
+        invert_to_features(model, _feats(model, x), x, method=method, options=options)
+
+
+def test_invert_to_features_has_at_most_12_parameters():
+    assert len(inspect.signature(invert_to_features).parameters) <= 12
+
+
+def test_no_import_cycle_inside_fsl_inversion():
+    """The solver modules import each other one way only (sqp <- al <- lm <- invert), so each one imports alone."""
+    import ast
+    import pathlib
+
+    import fsl.inversion
+
+    pkg = pathlib.Path(fsl.inversion.__file__).parent
+    deps = {}
+    for f in pkg.glob("*.py"):
+        if f.stem == "__init__":
+            continue
+        mods = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fsl.inversion."):
+                mods.add(node.module.rsplit(".", 1)[1])
+        deps[f.stem] = mods
+    assert {"sqp", "al", "lm", "invert", "options", "jacobian"} <= deps.keys() and "core" not in deps
+    done: set[str] = set()
+
+    def visit(m, path):
+        assert m not in path, f"import cycle: {' -> '.join(path + [m])}"
+        if m not in done:
+            for d in deps.get(m, ()):
+                visit(d, path + [m])
+            done.add(m)
+
+    for m in deps:
+        visit(m, [])

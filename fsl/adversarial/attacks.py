@@ -47,14 +47,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from fsl.adversarial._checks import check_labels, check_model_images, check_values
-# importing an attack's module registers it (one file per attack; order = the table above)
-import fsl.adversarial.methods  # noqa: F401  (registers the attacks)
-from fsl.adversarial.registry import ATTACKS, AttackSpec, register_attack
+# importing the registry imports fsl.adversarial.methods, whose files register the attacks
+# (one file per attack; order = the table above)
+from fsl.adversarial.methods.registry import ATTACKS, check_attack_params
 from fsl.adversarial.success import gap_tolerance, is_adversarial, logit_gap
-
-
-DEFAULT_PARAMS: dict[str, dict] = {name: dict(spec.defaults) for name, spec in ATTACKS.items()}
+from fsl.checks import check_labels, check_model_images, check_values
 
 
 @dataclass
@@ -198,11 +195,11 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     Args:
         model: an fsl model (inputs in [0, 1], normalisation inside); any ``nn.Module`` mapping
             images to logits works (``margin_pgd`` also needs its linear ``head``).
-        name: a key of :data:`ATTACKS` (see the module's table); its defaults are in
-            :data:`DEFAULT_PARAMS`.
+        name: a name of :data:`ATTACKS` (see the module's table); its defaults are
+            ``ATTACKS.defaults(name)``.
         batch_size: samples per attack call (``None``: all at once).
         seed: seeds random starts in a forked RNG (``None``: use the global RNG as is).
-        **params: override the attack's defaults; unknown keys raise.
+        **params: override the attack's defaults; unknown keys raise ConfigError.
 
     Callers normally attack only correctly classified samples (:func:`select_correct`); a sample
     that is already adversarial counts as a success without being moved.
@@ -211,22 +208,17 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     parameters' ``requires_grad`` are restored. Returns an :class:`AttackResult` on the model's device
     (with empty tensors for ``B = 0``).
 
-    Raises ValueError for images that are not finite (B, C, H, W) in [0, 1] or labels that are not
-    ``B`` classes in ``[0, n)``, TypeError for images of another dtype than the model's or
-    non-integer labels.
+    Raises :class:`fsl.errors.ConfigError` (a ValueError) for an unknown attack or parameter name
+    (naming the closest valid one), ValueError for images that are not finite (B, C, H, W) in
+    [0, 1] or labels that are not ``B`` classes in ``[0, n)``, TypeError for images of another dtype
+    than the model's or non-integer labels.
     """
     if name == "deepfool_batched":
         raise ValueError("attack 'deepfool_batched' was removed: it reproduced torchattacks' per-step overshoot, "
                          "which stalls on the boundary at a float32 tie. Use 'deepfool' (the paper's and ART's "
                          "algorithm) or 'deepfool_torchattacks' (torchattacks' own)")
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
-    spec = ATTACKS[name]
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise TypeError(f"run_attack({name!r}): unknown parameters {sorted(unknown)}; "
-                        f"valid: {sorted(spec.defaults)}")
-    full = {**spec.defaults, **params}
+    attack = ATTACKS.get(name)
+    full = {**check_attack_params(f"run_attack({name!r})", name, params), **params}
     if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"run_attack: need images (B, C, H, W) and labels (B,), got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
@@ -250,7 +242,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
             n_cls = _logits(model, x_all[:1], None).shape[1]
         check_labels("run_attack labels", y_all, n, n_cls)
         t0 = time.perf_counter()
-        chunks = [spec.fn(model, x_all[i:i + bs], y_all[i:i + bs], **full) for i in range(0, n, max(bs, 1))]
+        chunks = [attack(model, x_all[i:i + bs], y_all[i:i + bs], **full) for i in range(0, n, max(bs, 1))]
         seconds = time.perf_counter() - t0
         adv = torch.cat(chunks).detach() if chunks else x_all.clone()
         with torch.no_grad():

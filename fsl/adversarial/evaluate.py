@@ -2,7 +2,9 @@
 
 The callbacks and ``analyze.py`` call :func:`evaluate_attack`; everything here is plain torch. The
 detectors are fitted once on the clean training features (:class:`Detectors`) and scored on the
-same clean and adversarial samples for every attack of a suite.
+same clean and adversarial samples for every attack of a suite; :func:`summarize_attack` turns the
+per-sample results into the feature-space statistics (:func:`feature_space_summary`), the ranking
+metrics of every detector (:mod:`fsl.adversarial.metrics`) and the paper's margin rule.
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import torch
 from torch import nn
 
 from fsl.adversarial.attacks import attack_context, run_attack, select_correct
-from fsl.adversarial.detection import detection_table, feature_space_summary, train_margin_rule
-from fsl.adversarial.detectors import DETECTORS, Detector, FitData, build_detector
-from fsl.models.base import LinearHead
+from fsl.adversarial.detectors import DETECTORS, Detector, FitData, build_detector, train_margin_rule
+from fsl.adversarial.metrics import detection_table
 from fsl.adversarial.success import is_adversarial, logit_gap
+from fsl.models.base import LinearHead
 
 Tensor = torch.Tensor
 
@@ -58,8 +60,9 @@ class DistanceFunctions:
 
 @dataclass
 class Detectors:
-    """Every registered detector (:data:`fsl.adversarial.detectors.DETECTORS`), fitted once on the
-    clean training features, plus the two feature-space distances they may use.
+    """Every registered detector (:data:`fsl.adversarial.detectors.DETECTORS`, in the order of
+    ``DETECTORS.names()``), fitted once on the clean training features, plus the two feature-space
+    distances they may use.
 
     Attributes:
         geometry: margin ``d_min`` and hull distance ``d_h`` functions.
@@ -89,9 +92,8 @@ class Detectors:
         params = {k: dict(v or {}) for k, v in (params or {}).items()}
         if knn_k is not None:
             params.setdefault("knn", {})["k"] = int(knn_k)
-        unknown = sorted(set(params) - set(DETECTORS))
-        if unknown:
-            raise ValueError(f"detector parameters for unknown detectors {unknown}; registered: {', '.join(DETECTORS)}")
+        for name in sorted(params):
+            DETECTORS.entry(name)  # an unknown name: ConfigError with the closest registered one
         head = LinearHead.from_model(model)
         data = FitData(train_features=_cpu64(feats), train_labels=torch.as_tensor(train_labels).cpu().long(),
                        weight=head.weight.double(), bias=head.bias.double(), num_classes=int(head.weight.shape[0]))
@@ -128,7 +130,7 @@ def detector_scores(ps: dict[str, Tensor], kind: str, names: Sequence[str] | Non
     ``evaluate_attack``'s per-sample dict, one per detector of ``names`` (default: those with a
     column), through each registered detector's ``score`` (a function of the value alone)."""
     if names is None:
-        names = [n for n, spec in DETECTORS.items() if all(f"{kind}_{c}" in ps for c in spec.cls.needs or (n,))]
+        names = [n for n, cls in DETECTORS.items() if all(f"{kind}_{c}" in ps for c in cls.needs or (n,))]
     cols = {k[len(kind) + 1:]: v for k, v in ps.items() if k.startswith(f"{kind}_")}
     return {n: build_detector(n).score(cols) for n in names}
 
@@ -164,6 +166,10 @@ def _features(model: nn.Module, images: Tensor, batch_size: int | None) -> Tenso
 
 def _cpu64(t: Tensor) -> Tensor:
     return torch.as_tensor(t).detach().to("cpu", torch.float64)
+
+
+def _cpu64_1d(t) -> Tensor:
+    return _cpu64(t).flatten()
 
 
 def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_features: Tensor,
@@ -238,14 +244,73 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
     return AttackEvaluation(metrics=metrics, per_sample=per_sample, roc=roc)
 
 
+def _mean_median(prefix: str, v: torch.Tensor | None) -> dict[str, float]:
+    if v is None:
+        return {}
+    v = _cpu64_1d(v)
+    v = v[torch.isfinite(v)]
+    if v.numel() == 0:
+        return {f"{prefix}/mean": float("nan"), f"{prefix}/median": float("nan")}
+    # numpy's median averages the two middle values (torch.median returns the lower one)
+    return {f"{prefix}/mean": float(v.mean()), f"{prefix}/median": float(np.median(v.numpy()))}
+
+
+def feature_space_summary(adv_margin, adv_hull, clean_margin=None, clean_hull=None, success=None,
+                          l2=None, linf=None) -> dict[str, float]:
+    """Feature-space statistics of successful adversarial examples (docs/adversarial.md), as Python floats.
+
+    Args:
+        adv_margin, adv_hull: ``(S,)`` margin ``d_min`` and hull distance ``d_h`` of the successful
+            adversarial examples.
+        clean_margin, clean_hull: ``(S,)`` the same of their clean originals (paired, same order).
+        success: ``(N,)`` bool over all attacked samples (gives ``success_rate``).
+        l2, linf: ``(S,)`` perturbation norms of the successful examples.
+
+    Keys (no prefix; callers add ``adv/<attack>/``): ``n_success``, ``frac_margin_lt_hull``
+    (``d_min < d_h``), ``margin/*``, ``hull/*``, ``ambiguity/*`` (``d_min - d_h``) with ``*`` =
+    ``mean``/``median``; with clean values: ``frac_hull_shrank`` (``d_h(adv) < d_h(clean)``),
+    ``clean_margin/*``, ``clean_hull/*``; with ``success``: ``success_rate``, ``n_attacked``;
+    with norms: ``l2/*``, ``linf/*``. Fractions are NaN when there are no successful examples.
+    """
+    m = _cpu64_1d(adv_margin)
+    h = _cpu64_1d(adv_hull)
+    if m.shape != h.shape:
+        raise ValueError(f"feature_space_summary: adv_margin {tuple(m.shape)} vs adv_hull {tuple(h.shape)}")
+    s = m.numel()
+    nan = float("nan")
+    out: dict[str, float] = {"n_success": float(s)}
+    out["frac_margin_lt_hull"] = float((m < h).double().mean()) if s else nan
+    out.update(_mean_median("margin", m))
+    out.update(_mean_median("hull", h))
+    out.update(_mean_median("ambiguity", m - h))
+    if clean_hull is not None:
+        ch = _cpu64_1d(clean_hull)
+        if ch.shape != h.shape:
+            raise ValueError("feature_space_summary: clean_hull must pair with adv_hull")
+        out["frac_hull_shrank"] = float((h < ch).double().mean()) if s else nan
+        out.update(_mean_median("clean_hull", ch))
+    if clean_margin is not None:
+        cm = _cpu64_1d(clean_margin)
+        if cm.shape != m.shape:
+            raise ValueError("feature_space_summary: clean_margin must pair with adv_margin")
+        out.update(_mean_median("clean_margin", cm))
+    if success is not None:
+        sc = torch.as_tensor(success).detach().cpu().bool().flatten()
+        out["n_attacked"] = float(sc.numel())
+        out["success_rate"] = float(sc.double().mean()) if sc.numel() else nan
+    out.update(_mean_median("l2", l2))
+    out.update(_mean_median("linf", linf))
+    return out
+
+
 def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: float = 0.05, n_boot: int = 1000,
                      seed: int = 0) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
     """The metrics and ROC curves of :func:`evaluate_attack` from its ``per_sample`` tensors.
 
     Separate so that per-sample results computed on several processes (DDP shards) can be gathered
     first and summarised once. Returns ``(metrics, roc)``; ``metrics`` has every key of
-    :func:`fsl.adversarial.detection.feature_space_summary`, ``n_nonfinite``, ``gap/median`` (logit
-    gap of the successful examples), the :func:`fsl.adversarial.detection.detection_table` keys
+    :func:`feature_space_summary`, ``n_nonfinite``, ``gap/median`` (logit gap of the successful
+    examples), the :func:`fsl.adversarial.metrics.detection_table` keys
     (``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``tpr5``, ``threshold``, and with ``n_boot > 0``
     their ``*_lo``/``*_hi`` bootstrap bounds) for every detector with a per-sample column,
     ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/clean``, ``n_nan/adv`` (samples dropped

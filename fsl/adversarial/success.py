@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fsl.adversarial._checks import check_logits_labels
+from fsl.checks import check_logits_labels
 
 GAP_RTOL = 1e-4
 

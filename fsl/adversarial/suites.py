@@ -1,13 +1,15 @@
 """Attack suites: which attacks, with which budgets, per data set (``configs/attacks/<suite>.yaml``).
 
-A suite maps a result name (the W&B prefix ``adv/<name>/``) to ``{attack: <key of ATTACKS>, **params}``.
+A suite maps a result name (the W&B prefix ``adv/<name>/``) to ``{attack: <name in ATTACKS>, **params}``.
 Budgets are a data set's convention: L-inf 0.1-0.3 on MNIST-like data, 8/255 on CIFAR-10.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
-from fsl.adversarial.attacks import ATTACKS
+from fsl.adversarial.methods.registry import ATTACKS, check_attack_params
+from fsl.errors import ConfigError
+from fsl.registry import closest
 
 #: the suite of each data set (``fsl.data`` names)
 SUITE_OF_DATA = {"mnist5k": "mnist", "mnist": "mnist", "fashion_mnist": "mnist", "synthetic": "mnist",
@@ -27,7 +29,7 @@ def load_suite(name: str) -> dict[str, dict]:
     """``configs/attacks/<name>.yaml`` as a plain, checked dict."""
     from omegaconf import OmegaConf
 
-    from fsl.config import CONFIG_DIR
+    from fsl.configfiles import CONFIG_DIR
 
     path = CONFIG_DIR / "attacks" / f"{name}.yaml"
     if name == "auto":
@@ -40,18 +42,16 @@ def load_suite(name: str) -> dict[str, dict]:
 
 
 def check_suite(suite: Mapping) -> dict[str, dict]:
-    """A plain copy of ``suite``; ValueError naming the entry whose attack or parameters are unknown."""
-    from fsl.config import to_plain
+    """A plain copy of ``suite``; ConfigError (a ValueError) naming the entry whose attack or
+    parameters are unknown, and the closest valid name."""
+    from fsl.configfiles import to_plain
 
     out = {}
     for name, spec in to_plain(suite).items():
         spec = dict(spec or {})
         attack = spec.get("attack", name)
         if attack not in ATTACKS:
-            raise ValueError(f"attack suite entry {name!r}: unknown attack {attack!r}; valid: {', '.join(ATTACKS)}")
-        unknown = set(spec) - {"attack"} - set(ATTACKS[attack].defaults)
-        if unknown:
-            raise ValueError(f"attack suite entry {name!r} ({attack}): unknown parameters {sorted(unknown)}; "
-                             f"valid: {sorted(ATTACKS[attack].defaults)}")
+            raise ConfigError(f"attack suite entry {name!r}: unknown attack {attack!r}{closest(attack, ATTACKS)}")
+        check_attack_params(f"attack suite entry {name!r} ({attack})", attack, set(spec) - {"attack"})
         out[str(name)] = {**spec, "attack": attack}
     return out

@@ -1,5 +1,5 @@
 """The analysis interface: one :class:`Analysis` per study, run per epoch by
-``callbacks.analysis.AnalysisCallback`` and once on a checkpoint by :func:`fsl.analysis.study.analyze`.
+``callbacks.analysis.AnalysisCallback`` and once on a checkpoint by :func:`fsl.analysis.run.analyze`.
 
 An analysis is a small class with a ``name`` (its config file ``configs/analysis/<name>.yaml`` and
 registry key), a ``prefix`` (its W&B / ``metrics.json`` namespace), the analyses it ``requires``
@@ -11,22 +11,28 @@ registry key), a ``prefix`` (its W&B / ``metrics.json`` namespace), the analyses
         def compute(self, ctx: Context) -> Result: ...
 
 The options of ``configs/analysis/<name>.yaml`` are its keyword arguments (that file is the only
-copy of the defaults; :func:`create_analysis` reads it). ``enabled`` and ``every_n_epochs`` are
-read by the drivers. See ``docs/extending.md``.
+copy of the defaults; :func:`create_analysis` reads it). ``enabled``, ``every_n_epochs`` and
+``default`` (part of ``analyze.py``'s default list) are read by the drivers. See
+``docs/extending.md``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 
 from fsl.errors import ConfigError, FslError
+from fsl.registry import Registry
+
+if TYPE_CHECKING:
+    from fsl.analysis.context import Context
 
 Tensor = torch.Tensor
 
-DRIVER_KEYS = ("enabled", "every_n_epochs")
+#: options of every analysis yaml that the drivers read (not passed to the analysis)
+DRIVER_KEYS = ("enabled", "every_n_epochs", "default")
 
 
 @dataclass
@@ -79,6 +85,13 @@ class Analysis:
     prefix: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[tuple[str, ...]] = ()
+    #: report section several analyses share (its header comes from :meth:`section_intro` of the
+    #: first of them); "" = the analysis writes its own headers
+    section: ClassVar[str] = ""
+    #: options counting samples: a positive integer or null (the whole split)
+    sizes: ClassVar[tuple[str, ...]] = ("n_train", "n_eval")
+    #: integer options with their smallest valid value (not null)
+    minimums: ClassVar[dict[str, int]] = {"every_n_epochs": 0}
 
     def __init__(self, **options):
         self.options = dict(options)
@@ -97,6 +110,17 @@ class Analysis:
     def compute(self, ctx: "Context") -> Result:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def section_intro(self, ctx: "Context") -> list[str]:
+        """Markdown lines opening :attr:`section` in ``report.md`` (written once per section)."""
+        return [f"## {self.section}", ""] if self.section else []
+
+    @classmethod
+    def config_problems(cls, key: str, options: dict, data_name: str | None) -> list[str]:
+        """Problems of this analysis' ``options`` (config node ``key``) before any work, each naming the
+        key and the fix; the sizes and minimums above are checked by the caller. Override to check
+        more (e.g. names that refer to another registry)."""
+        return []
+
     def run(self, ctx: "Context") -> Result:
         """:meth:`compute` timed (``Result.seconds``), the model's mode restored."""
         model = ctx.model
@@ -114,35 +138,12 @@ class Analysis:
         return f"{type(self).__name__}({self.options})"
 
 
-ANALYSES: dict[str, type[Analysis]] = {}
-
-
-def register_analysis(name: str) -> Callable[[type[Analysis]], type[Analysis]]:
-    """Class decorator: ``ANALYSES[name] = cls`` (its options: ``configs/analysis/<name>.yaml``)."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"register_analysis: name must be an identifier, got {name!r}")
-
-    def deco(cls: type[Analysis]) -> type[Analysis]:
-        if not (isinstance(cls, type) and issubclass(cls, Analysis)):
-            raise TypeError(f"register_analysis({name!r}): {cls!r} is not a subclass of fsl.analysis.Analysis")
-        if name in ANALYSES and ANALYSES[name] is not cls:
-            raise ValueError(f"register_analysis: an analysis named {name!r} exists ({ANALYSES[name].__module__}); "
-                             f"pick another name")
-        if not cls.prefix:
-            raise ValueError(f"register_analysis({name!r}): set the class attribute prefix (its W&B namespace)")
-        cls.name = name
-        ANALYSES[name] = cls
-        return cls
-
-    return deco
-
-
 def analysis_defaults(name: str) -> dict:
-    """The options of ``configs/analysis/<name>.yaml`` (the only copy of an analysis' defaults);
-    ``{}`` when the analysis has no config file (e.g. one registered in a notebook)."""
+    """The options of ``configs/analysis/<name>.yaml`` (the only copy of an analysis' defaults, read
+    on every call); ``{}`` when the analysis has no config file (e.g. one registered in a notebook)."""
     from omegaconf import OmegaConf
 
-    from fsl.config import CONFIG_DIR
+    from fsl.configfiles import CONFIG_DIR
 
     path = CONFIG_DIR / "analysis" / f"{name}.yaml"
     if not path.is_file():
@@ -153,22 +154,39 @@ def analysis_defaults(name: str) -> dict:
     return {k: None if isinstance(v, str) and v.startswith("${") else v for k, v in d.items()}
 
 
+#: every analysis by name, built-ins first (fsl/analysis/studies/); defaults: its yaml file
+ANALYSES = Registry("analysis", load="fsl.analysis.studies", base=Analysis, defaults=analysis_defaults,
+                    where="configs/analysis/")
+
+
+def register_analysis(name: str) -> Callable[[type[Analysis]], type[Analysis]]:
+    """Class decorator registering ``cls`` as ``name`` (its options: ``configs/analysis/<name>.yaml``)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"register_analysis: name must be an identifier, got {name!r}")
+
+    def deco(cls: type[Analysis]) -> type[Analysis]:
+        if isinstance(cls, type) and issubclass(cls, Analysis) and not cls.prefix:
+            raise ConfigError(f"register_analysis({name!r}): set the class attribute prefix (its W&B namespace)")
+        ANALYSES.register(name, cls)
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def default_analyses() -> list[str]:
+    """What ``analyze.py`` runs without ``analysis=[...]``: every registered analysis whose yaml says
+    ``default: true``, in registration order (built-ins first; dependencies are ordered later)."""
+    return [n for n in ANALYSES.names() if analysis_defaults(n).get("default", False)]
+
+
 def create_analysis(name: str, **overrides) -> Analysis:
     """An analysis with the defaults of its config file, updated by ``overrides``."""
-    _load_builtin()
-    if name not in ANALYSES:
-        from fsl.validate import closest
-
-        raise ConfigError(f"unknown analysis {name!r}" + closest(name, ANALYSES))
-    defaults = analysis_defaults(name)
-    unknown = sorted(set(overrides) - set(defaults) - set(DRIVER_KEYS)) if defaults else []
-    if unknown:
-        from fsl.validate import closest
-
-        raise ConfigError(f"analysis {name!r} has no option {unknown[0]!r}" + closest(unknown[0], defaults)
-                          + f" (configs/analysis/{name}.yaml lists them)")
+    defaults = ANALYSES.defaults(name)
+    if defaults:  # an analysis without a config file takes any option
+        ANALYSES.check_params(name, overrides, extra=DRIVER_KEYS)
     opts = {k: v for k, v in {**defaults, **overrides}.items() if k not in DRIVER_KEYS}
-    return ANALYSES[name](**opts)
+    return ANALYSES.get(name)(**opts)
 
 
 def build_analyses(spec: Mapping[str, Mapping] | None, shared: Mapping | None = None) -> list[Analysis]:
@@ -179,9 +197,8 @@ def build_analyses(spec: Mapping[str, Mapping] | None, shared: Mapping | None = 
     null (the top-level ``pixels`` sample and solver settings of the pixel-space studies). Raises :class:`FslError` for
     an unknown name or a missing required analysis.
     """
-    from fsl.config import to_plain
+    from fsl.configfiles import to_plain
 
-    _load_builtin()
     spec = to_plain(spec) if spec is not None else {}
     shared = to_plain(shared) if shared is not None else {}
     chosen: dict[str, Analysis] = {}
@@ -213,11 +230,5 @@ def build_analyses(spec: Mapping[str, Mapping] | None, shared: Mapping | None = 
     return [chosen[n] for n in order]
 
 
-def _load_builtin() -> None:
-    import fsl.analysis.studies  # noqa: F401  (registers the built-in analyses)
-
-
-from fsl.analysis.context import Context  # noqa: E402  (re-exported; Context imports nothing from here)
-
-__all__ = ["Analysis", "Result", "Figure", "Table", "Context", "ANALYSES", "register_analysis", "create_analysis",
-           "build_analyses", "analysis_defaults"]
+__all__ = ["Analysis", "Result", "Figure", "Table", "ANALYSES", "register_analysis", "create_analysis",
+           "build_analyses", "analysis_defaults", "default_analyses", "DRIVER_KEYS"]

@@ -6,9 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from fsl.analysis.distributed import world
+from fsl.analysis.distributed import sharded, world
 from fsl.analysis.features import FeatureSet, extract_features
-from fsl.analysis.geometry_study import sharded
 from fsl.data.subsets import stratified_subset
 from fsl.models.base import LinearHead
 

@@ -42,3 +42,14 @@ def unshard(parts: torch.Tensor, index_parts: torch.Tensor, index: torch.Tensor)
     order = torch.empty(int(index.max()) + 1 if len(index) else 0, dtype=torch.long)
     order[index_parts] = torch.arange(len(index_parts))
     return parts[order[index]]
+
+
+def sharded(fn, n: int) -> dict[str, torch.Tensor]:
+    """Run ``fn(rows) -> {name: tensor with one row per entry of rows}`` on this rank's share of
+    ``range(n)``, gather every output from all ranks and return them in row order (every rank gets
+    all rows; outside DDP: ``fn(arange(n))``)."""
+    index = torch.arange(n)
+    mine = shard(index)
+    out = fn(mine)
+    got = gather_cat(mine)
+    return {k: unshard(gather_cat(v.cpu()), got, index) for k, v in out.items()}

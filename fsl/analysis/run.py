@@ -1,11 +1,26 @@
-"""Running a list of analyses in one context, and turning a result into logged values. Used by
-both drivers, so that keys, figures and report sections are the same per epoch and on a checkpoint."""
+"""Running analyses: :func:`run_analyses` (a list of analyses in one context: what both drivers
+call, so that keys, figures and report sections are the same per epoch and on a checkpoint), the
+logged form of a result, and :func:`analyze` (every configured analysis once on a checkpoint's test
+set: what ``analyze.py`` runs; writes ``metrics.json``, ``per_sample.csv``, ``figures/*.png`` and
+``report.md`` whole or not at all, and logs the same keys, figures, histograms and tables to W&B as
+the training callback)."""
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from fsl.analysis.base import Analysis, Result
+import torch
+from tqdm.auto import tqdm
+
+from fsl.analysis.base import Analysis, Result, build_analyses
 from fsl.analysis.context import Context
+from fsl.analysis.report import render_report
+from fsl.analysis.results import ResultsDir, check_results_folder
+
+log = logging.getLogger(__name__)
 
 
 def run_analyses(analyses: Iterable[Analysis], ctx: Context,
@@ -30,7 +45,6 @@ def flat_metrics(a: Analysis, res: Result) -> dict[str, float]:
 def wandb_media(a: Analysis, res: Result, figure_files: dict[str, Any] | None = None) -> dict[str, Any]:
     """W&B objects of a result: figures (``wandb.Image``; from the saved files when
     ``figure_files`` maps figure keys to paths), histograms and tables, keyed ``<prefix>/<key>``."""
-    import torch
     import wandb
 
     media: dict[str, Any] = {}
@@ -55,3 +69,119 @@ def close_figures(res: Result) -> None:
 
     for fig in res.figures.values():
         plt.close(fig.fig)
+
+
+@dataclass
+class AnalysisResult:
+    metrics: dict[str, float]
+    results_dir: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def checkpoint_context(cfg) -> tuple[torch.nn.Module, dict, Context]:
+    """The model of ``cfg.ckpt_path`` (its architecture checked against ``cfg.expected_model``), the
+    checkpoint's hyperparameters, and a :class:`Context` over the test split of its data set
+    (``cfg.data`` overrides the stored data spec; sizes, seed, batch size and device from ``cfg``)."""
+    from fsl.data import create_datamodule
+    from fsl.training.checkpoint import load_model
+
+    device = _device(cfg.get("device", "auto"))
+    model, hp = load_model(cfg.ckpt_path, expected_model=cfg.get("expected_model"), map_location=device)
+    data_spec = {**hp["data"], **{k: v for k, v in (cfg.get("data") or {}).items() if v is not None}}
+    if data_spec.get("val_size") == 0:  # trained before validation splits existed
+        log.warning("this checkpoint was trained with data.val_size=0: it was selected on the test split, so its "
+                    "test numbers are biased; retrain it (validation is now held out of the training data)")
+        data_spec["val_size"] = None
+    dm = create_datamodule(**data_spec)
+    dm.setup()
+    ctx = Context.from_datamodule(model, dm, eval_split="test", seed=int(cfg.get("seed", 0)),
+                                  n_train=cfg.get("n_train"), n_eval=cfg.get("n_eval"),
+                                  batch_size=int(cfg.get("batch_size", 1000)), device=device, progress=True,
+                                  data_name=hp["data"]["name"])
+    return model, hp, ctx
+
+
+def analyze(cfg) -> AnalysisResult:
+    """Rebuild model and data from ``cfg.ckpt_path``, :func:`run_analyses` ``cfg.analysis`` (the
+    analyses of ``configs/analysis/``, in dependency order) on the test set, and write the results
+    folder ``cfg.output_dir`` whole (and the same values to W&B)."""
+    from fsl.tracking.provenance import provenance, sha256
+    from fsl.validate import validate_analyze_config
+
+    validate_analyze_config(cfg)
+    check_results_folder(cfg.output_dir)  # before any work: never a folder holding files fsl did not write
+    t0 = time.time()
+    analyses = build_analyses(cfg.get("analysis"), shared={"pixels": cfg.get("pixels")})
+    model, hp, ctx = checkpoint_context(cfg)
+    # fsl's own files are replaced when everything is written
+    out = ResultsDir(cfg.output_dir, staged=True,
+                     meta={"checkpoint": {"path": str(cfg.ckpt_path), "sha256": sha256(cfg.ckpt_path)}, **provenance()})
+    metrics: dict[str, float] = {}
+    done: list[tuple[Analysis, Result, dict]] = []
+
+    def save(a: Analysis, res: Result) -> None:
+        metrics.update(flat_metrics(a, res))
+        files = {key: out.save_figure(fig.file, fig.fig) for key, fig in res.figures.items()}  # written as they come
+        close_figures(res)
+        done.append((a, res, files))
+
+    run_analyses(_progress(analyses), ctx, on_result=save)
+    written = [out.write_csv("per_sample.csv", _per_sample(done, ctx))] if done else []
+    written.append(out.write_text("report.md", render_report(cfg, hp, ctx, metrics, done)))
+    metrics["analyze/seconds"] = time.time() - t0
+    written.append(out.write_json("metrics.json", metrics))
+    written += [p for _, _, files in done for p in files.values()]
+    written = [out.final_path(f) for f in written]
+    out.commit()
+    _log_wandb(cfg, metrics, done, out)
+    return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
+
+
+def _progress(analyses):
+    """The analyses, with a bar naming the one being computed."""
+    bar = tqdm(analyses, desc="analysis", leave=True)
+    for a in bar:
+        bar.set_postfix_str(a.name)
+        yield a
+    bar.close()
+
+
+def _per_sample(done, ctx) -> dict:
+    """Every analysis' per-sample columns over the evaluation samples, in analysis order."""
+    cols: dict = {}
+    n = None
+    for a, res, _ in done:
+        for k, v in res.per_sample.items():
+            v = (v.double() if v.dtype.is_floating_point else v.long()) if isinstance(v, torch.Tensor) else v
+            if n is None:
+                n = len(v)
+            if len(v) != n:
+                raise ValueError(f"analysis {a.name!r}: per-sample column {k!r} has {len(v)} rows, the evaluation "
+                                 f"set {n}; per_sample columns must cover the context's evaluation samples")
+            cols[k] = v
+    return cols
+
+
+def _log_wandb(cfg, metrics: dict, done, out: ResultsDir) -> None:
+    wcfg = cfg.get("wandb") or {}
+    if not wcfg.get("enabled", True):
+        return
+    import wandb
+
+    from fsl.config import wandb_mode
+
+    run = wandb.init(project=wcfg.get("project", "fsl"), job_type="analyze", dir=str(wcfg.get("dir", ".")),
+                     mode=wcfg.get("mode") or wandb_mode(), name=wcfg.get("name"),
+                     config={"ckpt_path": str(cfg.ckpt_path), "results_dir": str(out.root)})
+    media = {}
+    for a, res, files in done:
+        media.update(wandb_media(a, res, {k: out.root / "figures" / Path(p).name for k, p in files.items()}))
+    run.log({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **media})
+    run.finish()
+    wandb.teardown()

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl.checks import check_images
+
 Tensor = torch.Tensor
 
 
@@ -93,8 +95,7 @@ def fit_decoder(decoder: ConvDecoder, encode: Callable[[Tensor], Tensor], images
     (Adam, cosine-decayed lr, seeded batches); ``encode`` is frozen (no gradient to its
     parameters). Returns the loss per step. For runs with checkpoints and W&B use the Lightning
     module; this loop is the same objective for tests and notebooks."""
-    if images.dim() != 4 or not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise ValueError("fit_decoder: images must be a finite (N, C, H, W) tensor in [0, 1]")
+    check_images("fit_decoder images", images, ndim=4)
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(decoder.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(steps), 1))

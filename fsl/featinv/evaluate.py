@@ -138,11 +138,13 @@ def evaluate_inversion(model, layer: str, images: Tensor, labels: Tensor | None,
     with torch.no_grad():
         targets = torch.cat([wrapped.forward_features(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     method = "al" if targets.shape[1] > x[0].numel() else "al+sqp"
+    # "al": max_iter outer iterations, no feasibility polish; "al+sqp": max_iter of each phase
+    options = {"max_iter": max_iter, "polish": 0} if method == "al" else {"al_iter": max_iter, "max_iter": max_iter}
     t0 = time.perf_counter()
     recs, success = [], []
     for i in range(0, len(x), chunk):
         r = invert_to_features(wrapped, targets[i:i + chunk], reference.to(dev), tol=tol, method=method,
-                               max_iter=max_iter, al_iter=max_iter, al_polish=0, seed=int(seed) + i)
+                               options=options, seed=int(seed) + i)
         recs.append(r.images.clamp(0, 1))
         success.append(r.success.cpu())
         if progress is not None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl.checks import check_finite
+
 Tensor = torch.Tensor
 
 
@@ -145,8 +147,8 @@ class FlowDecoder(nn.Module):
         x = noise.to(dev).reshape(B * n_samples, c_img, H, W)
         null = torch.zeros(B * n_samples, self.hint.zero.out_channels, H, W, device=dev, dtype=x.dtype)
         if z is not None:
-            if not torch.isfinite(z).all():
-                raise ValueError("sample: the features contain NaN or inf")
+            check_finite("sample features", z, hint="the features to decode must be finite (check the model and "
+                         "its inputs)", unit="sample")
             hint = self.hint(z.to(dev)).repeat_interleave(n_samples, dim=0)
         levels = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         for i in range(steps):

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from fsl.checks import check_images
 from fsl.featinv.decoders import reencoding_cosine
 
 Tensor = torch.Tensor
@@ -30,8 +31,7 @@ def reconstruction_metrics(model, layer: str, images: Tensor, reconstructions: T
         raise ValueError(f"reconstruction_metrics: images {tuple(images.shape)} and reconstructions "
                          f"{tuple(reconstructions.shape)} must be equal (N, C, H, W) shapes")
     for name, t in (("images", images), ("reconstructions", reconstructions)):
-        if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
-            raise ValueError(f"reconstruction_metrics: {name} must be finite and in [0, 1]")
+        check_images(f"reconstruction_metrics {name}", t, ndim=4)
     if encode is None:
         maps = model.feature_maps(images)
         if layer not in maps:

@@ -8,7 +8,7 @@ from fsl.featmap.manipulations import MANIPULATIONS, apply_manipulation, grid_mo
 from fsl.featmap.mappings import (AffineMap, GlobalLinearMap, fit_global_linear, fit_procrustes, fit_shared_linear,
                                   from_positions, to_positions)
 from fsl.featmap.spectra import effective_rank, spectrum_metrics, weight_bias_metrics
-from fsl.featmap.study import MAPPINGS, FeatMapResult, featmap_study
+from fsl.featmap.pipeline import MAPPINGS, FeatMapResult, featmap_study
 from fsl.featmap.train import featmap_loss, fit_sgd
 
 __all__ = ["MANIPULATIONS", "apply_manipulation", "grid_move", "AffineMap", "GlobalLinearMap", "fit_shared_linear",

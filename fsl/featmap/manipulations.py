@@ -3,10 +3,11 @@ transforms: ``(B, C, H, W)`` in [0, 1] (C = 1 grey or 3 colour) to the same shap
 
 Every manipulation is seeded (the random ones draw from ``torch.Generator().manual_seed(seed)``,
 once for the whole batch, so the same seed and images give the same output) and has its
-parameters in :data:`MANIPULATIONS` (``defaults``), overridable per call. Besides the images it
-returns the pixels it replaced (``region``, masks and occlusion only), and geometric ones that
-move the image on a grid name the same move of a feature map (``grid``: rot90 / flips), which the
-permutation baseline and the per-position maps apply to the original feature grid first.
+parameters in :data:`MANIPULATIONS` (a :class:`fsl.registry.Registry` of :class:`Manipulation`
+specs; ``MANIPULATIONS.defaults(name)``), overridable per call. Besides the images it returns the
+pixels it replaced (``region``, masks and occlusion only), and geometric ones that move the image
+on a grid name the same move of a feature map (``grid``: rot90 / flips), which the permutation
+baseline and the per-position maps apply to the original feature grid first.
 
 Defaults follow the paper's set-up where it has one: Gaussian noise sigma 40/255, hue shift 60 in
 PIL's 0..255 hue units (0.234 of the colour wheel), the four square masks at the paper's positions
@@ -21,7 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fsl.errors import ConfigError
+from fsl.checks import check_images
+from fsl.registry import Registry
 
 Tensor = torch.Tensor
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance, as PIL's convert("L")
@@ -29,11 +31,11 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance, as PIL's convert("L")
 
 @dataclass(frozen=True)
 class Manipulation:
-    """One registered manipulation.
+    """One registered manipulation (the object :data:`MANIPULATIONS` holds under its name).
 
     Attributes:
         fn: ``fn(images, gen, **params) -> (images, region | None)``; ``region`` (B, 1, H, W) bool.
-        defaults: its parameters.
+        defaults: its parameters (``MANIPULATIONS.defaults(name)`` hands out a copy).
         kind: ``geometric``, ``photometric`` or ``mask``.
         colour_only: needs 3-channel images (hue, grayscale).
         grid: the same move on a feature map ``(B, C, h, w)`` when it is an exact grid permutation.
@@ -47,33 +49,29 @@ class Manipulation:
     grid: Callable[[Tensor], Tensor] | None = None
 
 
-MANIPULATIONS: dict[str, Manipulation] = {}
+#: every manipulation by name, in registration order; an unknown name or parameter is a ConfigError
+#: naming the closest valid one
+MANIPULATIONS = Registry("manipulation", where="fsl.featmap.MANIPULATIONS")
 
 
 def _register(name, kind, defaults=None, colour_only=False, grid=None):
     def deco(fn):
-        MANIPULATIONS[name] = Manipulation(name, fn, dict(defaults or {}), kind, colour_only, grid)
+        spec = Manipulation(name, fn, dict(defaults or {}), kind, colour_only, grid)
+        MANIPULATIONS.register(name, spec, defaults=spec.defaults, kind=kind)
         return fn
 
     return deco
 
 
 def manipulation(name: str) -> Manipulation:
-    """The registered manipulation ``name``; ConfigError (a ValueError) naming the valid ones."""
-    if name not in MANIPULATIONS:
-        from fsl.validate import closest
-
-        raise ConfigError(f"unknown manipulation {name!r}" + closest(name, MANIPULATIONS)
-                          + " (fsl.featmap.MANIPULATIONS lists them)")
-    return MANIPULATIONS[name]
+    """The registered manipulation ``name``; ConfigError (a ValueError) naming the closest valid one."""
+    return MANIPULATIONS.get(name)
 
 
-def check_images(images: Tensor, what: str = "images") -> None:
+def check_manipulation_images(images: Tensor, what: str = "images") -> None:
     """``images`` must be a finite floating-point ``(B, C, H, W)`` tensor in [0, 1]
-    (:func:`fsl.inversion._common.check_images`: TypeError / ValueError naming the fix) with C in (1, 3)."""
-    from fsl.inversion._common import check_images as check_unit_images
-
-    check_unit_images(what, images, ndim=4)
+    (:func:`fsl.checks.check_images`: TypeError / ValueError naming the fix) with C in (1, 3)."""
+    check_images(what, images, ndim=4)
     if images.shape[1] not in (1, 3):
         raise ValueError(f"{what} must be a (B, C, H, W) tensor with C = 1 or 3, got {tuple(images.shape)}")
 
@@ -83,7 +81,7 @@ def apply_manipulation(name: str, images: Tensor, seed: int = 0, params: dict | 
     """Apply manipulation ``name`` to ``images`` (B, C, H, W) in [0, 1].
 
     Args:
-        params: overrides of its ``defaults`` (an unknown key is a ConfigError naming the valid ones).
+        params: overrides of its ``defaults`` (an unknown key is a ConfigError naming the closest valid one).
         seed: seeds the random ones (noise, perspective, occlusion); same seed, same output.
 
     Returns:
@@ -91,17 +89,13 @@ def apply_manipulation(name: str, images: Tensor, seed: int = 0, params: dict | 
         pixels for masks and occlusion.
     """
     m = manipulation(name)
-    check_images(images, f"apply_manipulation({name!r}): images")
-    unknown = sorted(set(params or {}) - set(m.defaults))
-    if unknown:
-        from fsl.validate import closest
-
-        raise ConfigError(f"manipulation {name!r} has no parameter {unknown[0]!r}" + closest(unknown[0], m.defaults))
+    check_manipulation_images(images, f"apply_manipulation({name!r}): images")
+    MANIPULATIONS.check_params(name, params or {})
     if m.colour_only and images.shape[1] != 3:
         raise ValueError(f"manipulation {name!r} needs colour images (B, 3, H, W), got {images.shape[1]} channel(s); "
                          f"leave it out for grey data")
     gen = torch.Generator().manual_seed(int(seed))
-    out, region = m.fn(images, gen, **{**m.defaults, **(params or {})})
+    out, region = m.fn(images, gen, **{**MANIPULATIONS.defaults(name), **(params or {})})
     return out.clamp(0, 1).to(images.dtype), region
 
 

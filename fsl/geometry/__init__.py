@@ -13,12 +13,12 @@
 
 See ``docs/geometry.md`` for the math, the algorithms and the certificates.
 """
-from .analysis import FeatureGeometry, GeometryStudy, geometry_study
 from .balls import ambiguity, ball_counts, lipschitz, region_labels, union_coverage
 from .differentiable import (FlipDistances, FlipPoints, HullDistances, HullProjections, differentiable_flip_distances,
                              differentiable_flip_points, differentiable_hull_distances, differentiable_hull_projections)
 from .flip import FlipResult, flip_margins
 from .hull import HullResult, hull_distances
+from .summary import FeatureGeometry, GeometryStudy, geometry_study
 
 __all__ = [
     "FlipResult", "flip_margins", "FlipDistances", "differentiable_flip_distances",

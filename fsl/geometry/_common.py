@@ -1,5 +1,6 @@
-"""Small helpers shared by the geometry solvers (pure torch, device-agnostic); :func:`check_finite` also
-backs the input checks of fsl.inversion, fsl.spaces and fsl.adversarial."""
+"""Small helpers shared by the geometry solvers (pure torch, device-agnostic): the feature box, the
+float32 exactness tests of the filters and pricing, and linear solves safe in DDP workers (the
+input checks, e.g. :func:`fsl.checks.check_finite`, are in :mod:`fsl.checks`)."""
 from __future__ import annotations
 
 import torch
@@ -31,24 +32,6 @@ def float32_matmul_is_exact(device: torch.device) -> bool:
     if torch.get_float32_matmul_precision() != "highest":
         return False
     return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
-
-
-_GEOMETRY_HINT = ("the geometry of non-finite features is undefined (check the model and the inputs, e.g. "
-                  "FeatureSet.check_finite)")
-
-
-def check_finite(name: str, x: torch.Tensor, hint: str | None = None, unit: str = "row") -> None:
-    """ValueError naming how many rows of ``x`` (2-D or more: along dim 0; 1-D: entries) hold NaN/inf.
-
-    ``hint`` (what to do about it) replaces the geometry default; ``unit`` names a row in the
-    message ("row", "image", ...)."""
-    ok = torch.isfinite(x)
-    if not bool(ok.all()):
-        row_ok = ok.reshape(ok.shape[0], -1).all(1) if x.ndim >= 2 else ok.reshape(-1)
-        bad = int((~row_ok).sum())
-        first = torch.nonzero(~row_ok).flatten()[:5].tolist()
-        raise ValueError(f"{name}: {bad} {unit}(s) contain NaN/inf (first: {first}); "
-                         f"{_GEOMETRY_HINT if hint is None else hint}")
 
 
 #: the largest ``f * max|x|^2`` for which float32 filters and pricing run: products and squared

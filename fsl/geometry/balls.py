@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import torch
 
-from ._common import as_box, check_finite, float32_matmul_is_exact, float32_products_fit
+from fsl.checks import check_finite
+
+from ._common import as_box, float32_matmul_is_exact, float32_products_fit
 
 Tensor = torch.Tensor
 

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import batched_solve, check_finite, float32_matmul_is_exact, float32_products_fit
+from fsl.checks import check_finite
+
+from ._common import batched_solve, float32_matmul_is_exact, float32_products_fit
 
 Tensor = torch.Tensor
 

@@ -105,9 +105,9 @@ def continuation_lm(problem, x0: torch.Tensor, abs_tol: torch.Tensor, max_iter: 
     """Follow ``tau(s) = f0 + s (t - f0)`` from ``s = 0`` to 1 (module docstring).
 
     Args:
-        problem: a point-mode constraint of :mod:`fsl.inversion.core` (``t`` (B, f) float64 targets,
-            ``value(x, idx)`` -> ``N(x) - t`` float64, ``value_and_jac(x, idx)`` -> (``N(x) - t``,
-            ``J`` (B, f, p))).
+        problem: a point-mode :class:`fsl.inversion.problem.FeatureConstraint` (``t`` (B, f) float64
+            targets, ``value(x, idx)`` -> ``N(x) - t`` float64, ``value_and_jac(x, idx)`` ->
+            (``N(x) - t``, ``J`` (B, f, p))).
         x0: (B, C, H, W) starting images in [0, 1] (model dtype), usually the references.
         abs_tol: (B,) goal on ``||N(x) - t||``; the last stage stops at half of it (margin for the
             re-measurement in the model's dtype).

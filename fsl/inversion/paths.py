@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_images, check_values, features_of, frozen_eval
-from fsl.inversion.core import InversionResult, invert_to_features
+from fsl.checks import check_images, check_values
+from fsl.inversion.invert import InversionResult, invert_to_features
+from fsl.inversion.jacobian import features_of, frozen_eval
 
 REFERENCE_KINDS = ("black", "white", "sample", "other")
 
@@ -96,7 +97,7 @@ def morph(model: nn.Module, image_a: torch.Tensor, image_b: torch.Tensor,
     Args:
         image_a, image_b: (C, H, W) images in [0, 1].
         radii: optional (S,) finite radii (>= 0).
-        invert_kw: passed to :func:`invert_to_features` (tol, max_iter, method, ...).
+        invert_kw: passed to :func:`invert_to_features` (tol, method, options, ...).
 
     ``n_steps = 0`` (or empty ``radii``) gives an empty result. Images that are not single finite
     (C, H, W) images in [0, 1] and negative or non-finite radii raise ValueError.
@@ -255,7 +256,7 @@ def feature_path(model: nn.Module, image: torch.Tensor, target: torch.Tensor, n_
     steps from the previous one (fsl.inversion.continuation; ``lm_kw`` go to ``continuation_lm``).
     The first point is the image itself; the last is an inversion of the target."""
     from fsl.inversion.continuation import continuation_lm
-    from fsl.inversion.core import _Problem
+    from fsl.inversion.problem import FeatureConstraint
 
     check_images("feature_path image", image, ndim=3)
     if int(n_points) < 2:
@@ -270,7 +271,7 @@ def feature_path(model: nn.Module, image: torch.Tensor, target: torch.Tensor, n_
         goals = f0 + s.unsqueeze(1) * (t - f0)
         abs_tol = tol * goals.norm(dim=1).clamp_min(abs_floor).min().reshape(1)
         dom = getattr(model, "feature_domain", None)
-        problem = _Problem(model, t, None, "point", 4096, None)
+        problem = FeatureConstraint(model, t, None, "point", 4096, None)
         _, _, info = continuation_lm(problem, x0, abs_tol, max_iter=max_iter, record=s[1:],
                                      floor=None if dom is None else dom.lower, **lm_kw)
         flat = torch.cat([x0.reshape(1, -1).double(), info.path[0]], 0)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from fsl.geometry._common import spd_solve
-from fsl.inversion._common import check_count, check_images, check_values, feature_jacobian, features_of, frozen_eval
+from fsl.checks import check_count, check_images, check_values
+from fsl.inversion.jacobian import feature_jacobian, features_of, frozen_eval
 
 
 @dataclass

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.inversion._common import check_images, check_values, features_of, frozen_eval
+from fsl.checks import check_images, check_values
+from fsl.inversion.jacobian import features_of, frozen_eval
 
 CATEGORIES = ("hit", "unreachable", "stationary", "not_converged")
 
@@ -279,7 +280,7 @@ def diagnose(model: nn.Module, result, targets: torch.Tensor, abs_floor: float =
     ``stationary_ratio``: a miss whose box-constrained Gauss-Newton model (tiny damping) keeps more
     than this fraction of the residual is ``stationary``. ``probe``: a :func:`probe_reachability` of
     the same targets; its residuals go to ``Diagnosis.probe_residual`` (``miss_split``)."""
-    from fsl.inversion._common import feature_jacobian
+    from fsl.inversion.jacobian import feature_jacobian
     from fsl.inversion.continuation import box_gn_step
 
     if result.mode != "point":

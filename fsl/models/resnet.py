@@ -6,6 +6,7 @@ stage's ReLU output (64-d, >= 0).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -115,3 +116,9 @@ class CifarResNet(FeatureClassifier):
 def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20 (He et al., arXiv 1512.03385, section 4.2): 3 stages x 3 basic blocks."""
     return CifarResNet(depth=20, **kwargs)
+
+
+# its keywords are CifarResNet's but ``depth``, so that create_model checks them and fills in the defaults
+_SIG = inspect.signature(CifarResNet)
+resnet20.__signature__ = _SIG.replace(parameters=[p.replace(kind=p.KEYWORD_ONLY) for n, p in _SIG.parameters.items()
+                                                  if n != "depth"], return_annotation=CifarResNet)

@@ -29,7 +29,7 @@ def roc_figure(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "Adv
     curve). The axes reach a little past [0, 1] so that curves on the frame (AUROC 0 or 1) stay visible.
 
     ``curves``: ``{score: {"fpr": (K,), "tpr": (K,), "auroc": float}}`` as returned by
-    :func:`fsl.adversarial.detection.detection_table` / ``evaluate_attack(...).roc``.
+    :func:`fsl.adversarial.metrics.detection_table` / ``evaluate_attack(...).roc``.
     """
     n = max(len(curves), 1)
     ncol = 1 if n <= 4 else 2
@@ -88,7 +88,7 @@ def score_histograms(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], title:
 
 def evaluation_scores(per_sample: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{score: (clean, adversarial)}`` from ``evaluate_attack(...).per_sample`` (successful only),
-    with the sign convention of :mod:`fsl.adversarial.detection`."""
+    with the sign convention of :mod:`fsl.adversarial.detectors`."""
     import torch
 
     from fsl.adversarial.evaluate import detector_scores

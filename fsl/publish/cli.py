@@ -17,7 +17,7 @@ def parse_args(argv: list[str]) -> dict:
             raise ValueError(f"argument {arg!r} is not key=value\n{USAGE}")
         key, value = arg.split("=", 1)
         if key not in KEYS:
-            from fsl.validate import closest
+            from fsl.registry import closest
 
             raise ValueError(f"unknown argument {key!r}{closest(key, KEYS)}; valid: {', '.join(KEYS)}")
         if key == "only":

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from fsl.analysis.results import ResultsDir, check_results_folder
 from fsl.config import CONFIG_DIR, compose_config, to_plain
 from fsl.errors import FslError
-from fsl.publish.provenance import provenance, sha256
+from fsl.tracking.provenance import provenance, sha256
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def load_study_config(name: str, config_dir: Path = CONFIG_DIR):
     """``configs/study/<name>.yaml`` (a clear error naming the valid studies when unknown)."""
     path = Path(config_dir) / "study" / f"{name}.yaml"
     if not path.is_file():
-        from fsl.validate import closest
+        from fsl.registry import closest
 
         names = study_names(config_dir)
         raise StudyError(f"unknown study {name!r}{closest(name, names)}; valid names: {', '.join(names)} "
@@ -116,7 +116,7 @@ def run_study(name: str, ckpt_path: str | None = None, only=None, output_dir: st
         output_dir: override the config's ``output_dir`` (tests).
         extra_train, extra_analyze: overrides appended to every train / analyze stage (tests: tiny sizes).
     """
-    from fsl.analysis.study import analyze
+    from fsl.analysis.run import analyze
     from fsl.training import train
 
     cfg = load_study_config(name, config_dir)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_count, check_images, check_labels, check_values, frozen_eval
+from fsl.checks import check_count, check_images, check_labels, check_values
+from fsl.inversion.jacobian import frozen_eval
 
 INITS = ("avg-img", "min-img", "avg-min-img")
 

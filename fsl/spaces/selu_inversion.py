@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_images, check_values
+from fsl.checks import check_images, check_values
 from fsl.models.base import SELU_ALPHA, SELU_LAMBDA
 from fsl.spaces.subspaces import rank_tolerance
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fsl.inversion._common import check_count, check_images, check_labels
+from fsl.checks import check_count, check_images, check_labels
 from fsl.spaces.subspaces import (FundamentalSubspaces, LayerMatrix, _finite_matrix, fundamental_subspaces,
                                   layer_matrices)
 

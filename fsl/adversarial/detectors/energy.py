@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d
 from fsl.adversarial.detectors.registry import Detector, register_detector
+from fsl.checks import check_matrix
 
 
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -16,7 +16,7 @@ def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     """
     if not temperature > 0:
         raise ValueError(f"energy_score: temperature must be > 0, got {temperature}")
-    z = _finite_2d("energy_score(logits)", logits)
+    z = check_matrix("energy_score(logits)", logits)
     return -temperature * torch.logsumexp(z / temperature, dim=1)
 
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d, weight_gaps as _weight_gaps
 from fsl.adversarial.detectors.registry import Detector, FitData, register_detector
+from fsl.adversarial.vectors import weight_gaps
+from fsl.checks import check_matrix
 
 
 def fit_fdbd(train_features: torch.Tensor) -> torch.Tensor:
     """The mean training feature ``mu`` (``(f,)`` float64) that :func:`fdbd_score` centres features on."""
-    x = _finite_2d("fit_fdbd(train_features)", train_features)
+    x = check_matrix("fit_fdbd(train_features)", train_features)
     if x.shape[0] == 0:
         raise ValueError("fit_fdbd: no training features")
     return x.mean(dim=0)
@@ -35,8 +36,8 @@ def fdbd_score(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         bias: ``(n,)`` head bias ``b`` or ``None`` (zero).
         train_mean: ``(f,)`` mean training feature, :func:`fit_fdbd`.
     """
-    x = _finite_2d("fdbd_score(features)", features)
-    w = _finite_2d("fdbd_score(weight)", weight).to(x.device)
+    x = check_matrix("fdbd_score(features)", features)
+    w = check_matrix("fdbd_score(weight)", weight).to(x.device)
     n = w.shape[0]
     b = torch.zeros(n, dtype=torch.float64, device=x.device) if bias is None else \
         torch.as_tensor(bias).detach().to(x.device, torch.float64)
@@ -46,7 +47,7 @@ def fdbd_score(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                          f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(mu.shape)}")
     if not (torch.isfinite(b).all() and torch.isfinite(mu).all()):
         raise ValueError("fdbd_score: bias or train_mean contains non-finite values")
-    gaps = _weight_gaps(w)
+    gaps = weight_gaps(w)
     z = x @ w.T + b
     top, pred = z.max(dim=1)
     g = gaps[pred].index_put((torch.arange(x.shape[0], device=x.device), pred),

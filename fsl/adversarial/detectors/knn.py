@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d, unit_rows as _unit_rows
 from fsl.adversarial.detectors.registry import Detector, FitData, register_detector
+from fsl.adversarial.vectors import unit_rows
+from fsl.checks import check_matrix
 
 
 class KNNDetector:
@@ -27,7 +28,7 @@ class KNNDetector:
     """
 
     def __init__(self, train_features: torch.Tensor, k: int = 50, normalize: bool = True, chunk: int = 4096):
-        tr = _finite_2d("KNNDetector(train_features)", train_features)
+        tr = check_matrix("KNNDetector(train_features)", train_features)
         n = tr.shape[0]
         if n == 0:
             raise ValueError("KNNDetector: no training features; the k-th nearest neighbour needs at least k of them")
@@ -37,16 +38,16 @@ class KNNDetector:
         if int(chunk) < 1:
             raise ValueError(f"KNNDetector: chunk must be >= 1, got {chunk}")
         self.k, self.normalize, self.chunk = int(k), bool(normalize), int(chunk)
-        self.train = _unit_rows(tr) if self.normalize else tr
+        self.train = unit_rows(tr) if self.normalize else tr
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """``(B,)`` float64 distance of ``features`` ``(B, f)`` to their ``k``-th nearest training feature."""
-        x = _finite_2d("KNNDetector.score(features)", features).to(self.train.device)
+        x = check_matrix("KNNDetector.score(features)", features).to(self.train.device)
         if x.shape[1] != self.train.shape[1]:
             raise ValueError(f"KNNDetector.score: features have {x.shape[1]} dims, the training features "
                              f"{self.train.shape[1]}")
         if self.normalize:
-            x = _unit_rows(x)
+            x = unit_rows(x)
         out = [torch.cdist(x[i:i + self.chunk], self.train, compute_mode="donot_use_mm_for_euclid_dist")
                .kthvalue(self.k, dim=1).values for i in range(0, x.shape[0], self.chunk)]
         return torch.cat(out) if out else x.new_zeros(0)

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fsl.adversarial._checks import check_labels
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d
 from fsl.adversarial.detectors.registry import Detector, FitData, register_detector
+from fsl.checks import check_labels, check_matrix
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Mahalanobis:
         """``(B, n)`` Mahalanobis distances to every class mean (``inf`` for absent classes).
 
         ``features``: finite ``(B, f)`` with the fitted ``f`` (ValueError otherwise)."""
-        x = _finite_2d("Mahalanobis.distances(features)", features).to(self.means.device)
+        x = check_matrix("Mahalanobis.distances(features)", features).to(self.means.device)
         if x.shape[1] != self.means.shape[1]:
             raise ValueError(f"Mahalanobis.distances: features have {x.shape[1]} dims, the fitted Gaussians "
                              f"{self.means.shape[1]}")
@@ -74,7 +73,7 @@ def fit_mahalanobis(train_features: torch.Tensor, train_labels: torch.Tensor, nu
                          f"{tuple(y0.shape)}")
     if x.shape[0] == 0:
         raise ValueError("fit_mahalanobis: no training features")
-    x = _finite_2d("fit_mahalanobis(train_features)", x)
+    x = check_matrix("fit_mahalanobis(train_features)", x)
     check_labels("fit_mahalanobis(train_labels)", y0, x.shape[0], num_classes)
     y = y0.to(x.device).long()
     n = int(num_classes) if num_classes is not None else int(y.max()) + 1

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d
 from fsl.adversarial.detectors.registry import Detector, register_detector
+from fsl.checks import check_matrix
 
 
 def msp_score(logits: torch.Tensor) -> torch.Tensor:
     """``-max_c softmax(logits)_c`` (``(B,)``) from logits ``(B, n)``, computed in float64.
 
     ValueError for logits that are not 2-D or hold NaN/inf (as :func:`energy_score`)."""
-    z = _finite_2d("msp_score(logits)", logits)
+    z = check_matrix("msp_score(logits)", logits)
     return -torch.softmax(z, dim=1).amax(dim=1)
 
 

@@ -6,6 +6,10 @@ records one value per sample (a per-sample column ``clean_<name>`` / ``adv_<name
 adversarial**. Every registered detector is scored for every attack (AUROC, AUPR, FPR@95%TPR,
 TPR@5%FPR with bootstrap intervals: ``adv/<attack>/<metric>/<detector>``) and gets a column in
 the report's tables.
+
+:data:`DETECTORS` is a :class:`fsl.registry.Registry`: ``DETECTORS.names()`` in registration order
+(the built-ins first, in the order of :mod:`fsl.adversarial.detectors`), ``DETECTORS.get(name)``
+(the class), ``DETECTORS.defaults(name)`` (a fresh dict of its constructor parameters).
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import torch
+
+from fsl.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -62,40 +68,24 @@ class Detector:
         return -value if self.negate else value
 
 
-@dataclass(frozen=True)
-class DetectorSpec:
-    cls: type
-    defaults: dict
-
-
-DETECTORS: dict[str, DetectorSpec] = {}
+DETECTORS = Registry("detector", load="fsl.adversarial.detectors", base=Detector,
+                     where="fsl/adversarial/detectors/")
 
 
 def register_detector(name: str, defaults: dict | None = None):
-    """Class decorator registering a :class:`Detector` subclass as ``name`` with constructor ``defaults``."""
+    """Class decorator registering a :class:`Detector` subclass as ``name`` with constructor
+    ``defaults`` (the only parameters :func:`build_detector` accepts) and setting ``cls.name``."""
     def deco(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Detector)):
             raise TypeError(f"register_detector({name!r}): {cls!r} is not a fsl.adversarial.detectors.Detector subclass")
-        if name in DETECTORS and DETECTORS[name].cls is not cls:
-            raise ValueError(f"detector {name!r} is registered twice ({DETECTORS[name].cls} and {cls}); pick another name")
+        DETECTORS.register(name, cls, defaults=dict(defaults or {}))
         cls.name = name
-        DETECTORS[name] = DetectorSpec(cls, dict(defaults or {}))
         return cls
 
     return deco
 
 
-def detector_names() -> tuple[str, ...]:
-    """Every registered detector, in registration order."""
-    return tuple(DETECTORS)
-
-
 def build_detector(name: str, **params) -> Detector:
-    """An unfitted detector ``name`` with its defaults overridden by ``params`` (unknown keys raise)."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
-    spec = DETECTORS[name]
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise ValueError(f"detector {name!r}: unknown parameters {sorted(unknown)}; valid: {sorted(spec.defaults)}")
-    return spec.cls(**{**spec.defaults, **params})
+    """An unfitted detector ``name`` with its defaults overridden by ``params``; ConfigError naming
+    the closest registered name for an unknown ``name``, the closest parameter for an unknown key."""
+    return DETECTORS.create(name, **params)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsl.adversarial.detection import _weight_gaps
-from fsl.adversarial.registry import register_attack
+from fsl.adversarial.vectors import weight_gaps
+from fsl.adversarial.methods.registry import register_attack
 
 
 def normalized_margin(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def margin_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     """
     x0 = images.detach()
     weight = model.head.weight.detach()
-    norms = _weight_gaps(weight.double(), "margin_pgd").to(weight.dtype)
+    norms = weight_gaps(weight.double(), "margin_pgd").to(weight.dtype)
     norms = norms + torch.eye(norms.shape[0], dtype=norms.dtype, device=norms.device)  # diagonal is masked
     step = float(alpha) if alpha is not None else 2.5 * float(eps) / max(int(steps), 1)
     x = x0.clone()

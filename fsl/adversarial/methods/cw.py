@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsl.adversarial.registry import register_attack
+from fsl.adversarial.methods.registry import register_attack
 from fsl.adversarial.success import is_adversarial, logit_gap
 
 

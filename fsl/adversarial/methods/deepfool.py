@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsl.adversarial.registry import register_attack, torchattacks_attack
+from fsl.adversarial.methods.registry import register_attack, torchattacks_attack
 from fsl.adversarial.success import STOP_FACTOR, gap_tolerance, is_adversarial
 
 

@@ -1,6 +1,6 @@
 """Projected gradient descent (Madry et al., arXiv 1706.06083), torchattacks' implementations:
 ``pgd`` (L-inf ball) and ``pgd_l2`` (L2 ball), both with a random start; ``apgd`` and ``apgd_l2``: Auto-PGD (Croce & Hein, arXiv 2003.01690)."""
-from fsl.adversarial.registry import register_attack, torchattacks_attack
+from fsl.adversarial.methods.registry import register_attack, torchattacks_attack
 
 pgd = register_attack("pgd", defaults={"eps": 0.3, "alpha": None, "steps": 20, "random_start": True},
                       norm="Linf", doc="torchattacks PGD")(torchattacks_attack("PGD"))

@@ -44,6 +44,32 @@ class AdversarialAnalysis(Analysis):
     """
 
     prefix = "adv"
+    sizes = Analysis.sizes + ("n_samples",)
+    minimums = {**Analysis.minimums, "batch_size": 1, "knn_k": 1, "n_boot": 0}
+
+    @classmethod
+    def config_problems(cls, key: str, options: dict, data_name: str | None) -> list[str]:
+        """The attacks of the suite are registered, and ``only`` names attacks of the suite."""
+        from fsl.adversarial import ATTACKS
+        from fsl.registry import closest
+
+        p: list[str] = []
+        attacks = options.get("attacks")
+        for a, spec in (attacks or {}).items():
+            attack = (spec or {}).get("attack", a)
+            if attack not in ATTACKS:
+                p.append(f"attacks.{a}: unknown attack {attack!r}" + closest(attack, ATTACKS))
+        only = options.get("only")
+        if only and (attacks or data_name):
+            from fsl.adversarial.suites import load_suite, suite_for_data
+
+            try:
+                suite = attacks if attacks else load_suite(suite_for_data(data_name))
+            except ValueError as exc:
+                p.append(f"attacks: {exc}")
+            else:
+                p.extend(f"{key}.only: unknown name {n!r}" + closest(n, suite) for n in only if n not in suite)
+        return p
     uses = ("geometry",)
 
     def compute(self, ctx) -> Result:

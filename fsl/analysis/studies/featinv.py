@@ -51,6 +51,8 @@ class FeatInvAnalysis(Analysis):
     inversion) and the table ``featinv/table``."""
 
     prefix = "featinv"
+    sizes = Analysis.sizes + ("n_figure",)
+    minimums = {**Analysis.minimums, "batch_size": 1}
 
     def compute(self, ctx) -> Result:
         res = Result()

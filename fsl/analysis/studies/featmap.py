@@ -27,19 +27,21 @@ class FeatMapAnalysis(Analysis):
     ``figure_mapping`` / ``n_figure`` (image rows), ``heatmaps`` (metrics drawn), ``batch_size``,
     ``seed``, and ``epoch`` (the per-epoch subset).
 
-    Metrics ``featmap/<layer>/<manipulation>/<mapping>/<metric>`` (names: ``fsl.featmap.study.METRICS``),
+    Metrics ``featmap/<layer>/<manipulation>/<mapping>/<metric>`` (names: ``fsl.featmap.pipeline.METRICS``),
     the table ``featmap/table`` (one row per layer x manipulation x map), one heat map per metric of
     ``heatmaps`` (``featmap/heatmap/<metric>``: manipulation x layer, a panel per map) and, for
     layers with a decoder, ``featmap/images/<layer>``: original | manipulated | decoded true |
     decoded mapped."""
 
     prefix = "featmap"
+    sizes = Analysis.sizes + ("n_figure",)
+    minimums = {**Analysis.minimums, "batch_size": 1}
 
     def __init__(self, **options):
         super().__init__(**options)
         # names and nested options are checked when the analysis is built, before any model or data is loaded
         from fsl.featmap.manipulations import manipulation
-        from fsl.featmap.study import METRICS, check_mapping
+        from fsl.featmap.pipeline import METRICS, check_mapping
 
         for key in ("sgd", "nets", "epoch"):
             self._nested(key)
@@ -50,12 +52,12 @@ class FeatMapAnalysis(Analysis):
         for key, names in (("heatmaps", self.heatmaps), ("epoch.metrics", self._nested("epoch")["metrics"])):
             for m in names or []:
                 if m not in METRICS:
-                    from fsl.validate import closest
+                    from fsl.registry import closest
 
                     raise ConfigError(f"analysis.featmap.{key}: unknown metric {m!r}" + closest(m, METRICS))
 
     def compute(self, ctx) -> Result:
-        from fsl.featmap.study import METRICS, featmap_study
+        from fsl.featmap.pipeline import METRICS, featmap_study
 
         if ctx.epoch is not None:
             return self._per_epoch(ctx)
@@ -86,7 +88,7 @@ class FeatMapAnalysis(Analysis):
     def _nested(self, key: str) -> dict:
         """The nested option ``key`` over its yaml defaults (a partial override keeps the rest);
         ConfigError for a key the yaml does not have."""
-        from fsl.featmap.study import check_options
+        from fsl.featmap.pipeline import check_options
 
         return check_options(f"analysis.featmap.{key}", getattr(self, key), analysis_defaults(self.name).get(key) or {})
 
@@ -112,7 +114,7 @@ class FeatMapAnalysis(Analysis):
     def _per_epoch(self, ctx) -> Result:
         """Closed-form shared linear maps only, on the ``epoch`` subset: ``epoch.metrics`` per layer
         and manipulation (``featmap/<layer>/<manipulation>/linear/<metric>``)."""
-        from fsl.featmap.study import featmap_study
+        from fsl.featmap.pipeline import featmap_study
 
         ep = self._nested("epoch")
         res = featmap_study(ctx.model, ctx.images("train", ep["n_train"]), ctx.eval_images(ep["n_eval"]),

@@ -8,8 +8,32 @@ import math
 import torch
 
 from fsl.analysis.base import Analysis, Figure, Result, Table, register_analysis
-from fsl.analysis.geometry_study import feature_geometry_study
+from fsl.analysis.distributed import sharded
+from fsl.analysis.features import FeatureSet
 from fsl.analysis.report import fmt
+from fsl.geometry import GeometryStudy, geometry_study
+
+Tensor = torch.Tensor
+
+
+def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor, bias: Tensor,
+                           lower=None, upper=None, *, hull_kwargs: dict | None = None,
+                           hull_projections: bool = True, device: str | torch.device = "cpu") -> GeometryStudy:
+    """:func:`fsl.geometry.geometry_study` of two :class:`FeatureSet` s, sharded over DDP ranks (each
+    rank solves its share of the evaluation samples; every rank gets all results).
+
+    Args:
+        train: training-set features (N_tr, f) with labels; the hull and the train balls.
+        evals: evaluation features (N, f) with labels (validation or test samples).
+        weight, bias: the head, (n, f) and (n,). lower/upper: the model's feature domain.
+        hull_kwargs: passed to :func:`fsl.geometry.hull_distances`.
+        hull_projections: also classify the hull projections (accuracy on projections).
+    """
+    evals.check_finite("evaluation features")
+    train.check_finite("training features")
+    return geometry_study(train.features, train.labels, evals.features, evals.labels, weight, bias, lower, upper,
+                          hull_kwargs=hull_kwargs, hull_projections=hull_projections, device=device,
+                          map_rows=sharded, eval_index=evals.index)
 
 
 @register_analysis("geometry")
@@ -19,7 +43,7 @@ class GeometryAnalysis(Analysis):
     ``table_rows`` (W&B sample table, 0: none), ``grid_size`` (ambiguity grids), ``table1_samples``,
     ``figures`` (the figures to draw, None: all).
 
-    ``Result.data`` is the :class:`fsl.geometry.analysis.GeometryStudy` (with ``train_index``).
+    ``Result.data`` is the :class:`fsl.geometry.GeometryStudy` (with ``train_index``).
     """
 
     prefix = "analysis"

@@ -50,6 +50,7 @@ class PixelHullAnalysis(Analysis):
     Per-sample column ``pixel_hull`` (NaN for samples not queried)."""
 
     prefix = "pixel"
+    sizes = Analysis.sizes + ("n_queries",)
 
     def compute(self, ctx) -> Result:
         images, labels = ctx.eval_images(self.n_eval), ctx.labels(ctx.eval_split, self.n_eval)

@@ -1,27 +1,6 @@
-"""Adversarial detection scores and metrics (docs/adversarial.md; Yousefzadeh, arXiv 2202.04052 section 7 and appendix B).
-
-Every score follows one convention: **higher = more likely adversarial**.
-
-=================  ===============================================  ==============================================
-score              definition                                       why
-=================  ===============================================  ==============================================
-``margin``         ``-d_min``                                       adversarials sit next to a boundary
-``ambiguity``      ``-(d_min - d_h) = d_h - d_min``                 near a boundary *and* far from the hull
-``msp``            ``-max softmax(logits)``                         baseline: low confidence
-``energy``         ``-T logsumexp(logits / T)``                     baseline: high free energy (Liu et al. 2020,
-                                                                    arXiv 2010.03759)
-``mahalanobis``    ``min_c sqrt((y-mu_c)^T S^-1 (y-mu_c))``         baseline: far from every class Gaussian
-``knn``            ``||y/|y| - t_(k)||``, ``t_(k)`` the k-th        baseline: far from the training features
-                   nearest normalised training feature              (Sun et al. 2022, arXiv 2204.06507)
-``fdbd``           ``-mean_{c!=p} |z_p - z_c| / (|w_p - w_c|        baseline: close to the decision boundaries
-                   |y - mu|)``, ``p = argmax z``                    (Liu and Qin 2024, arXiv 2312.11536)
-=================  ===============================================  ==============================================
-
-``d_min`` is the feature-space margin (distance to the closest flip point, ``fsl.geometry.flip_margins``),
-``d_h`` the distance to the convex hull of the training features (``fsl.geometry.hull_distances``).
-
-Metrics (:func:`detection_metrics`): clean samples are the negatives (label 0), adversarial
-samples the positives (label 1).
+"""Ranking metrics of a detector: clean samples are the negatives (label 0), adversarial samples
+the positives (label 1), and a score ranks them, **higher = more likely adversarial** (the
+detectors of :mod:`fsl.adversarial.detectors`). Plain functions on score tensors.
 
 * ``auroc``: area under torchmetrics' exact binary ROC curve (no threshold binning; ties count one
   half), evaluated in float64 and cross-checked against torchmetrics' float32 ``binary_auroc``.
@@ -39,26 +18,20 @@ samples the positives (label 1).
   ``TPR >= 0.95``.
 * :func:`bootstrap_ci`: percentile bootstrap intervals of these metrics (clean and adversarial
   resampled independently, seeded), computed for all replicates at once from per-value counts.
+* :func:`detection_table`: all of them for several scores at once, with their ROC curves.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from fsl.adversarial._checks import check_fpr, check_labels
+from fsl.checks import check_fpr
 
-#: the built-in detectors (registration order); ``detector_names()`` also lists ones registered later
-from fsl.adversarial.detectors import (DETECTORS, Detector, KNNDetector, Mahalanobis, ambiguity_score,  # noqa: E402
-                                       detector_names, energy_score, fdbd_score, fit_fdbd, fit_mahalanobis,
-                                       knn_score, mahalanobis_score, margin_score, msp_score, register_detector)
-from fsl.adversarial.detectors._util import finite_2d as _finite_2d, unit_rows as _unit_rows  # noqa: E402,F401
-from fsl.adversarial.detectors._util import weight_gaps as _weight_gaps  # noqa: E402,F401
-
-SCORES = ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
+__all__ = ["detection_metrics", "roc_curve", "clean_threshold", "BOOTSTRAP_METRICS", "bootstrap_indices",
+           "bootstrap_replicates", "bootstrap_ci", "detection_table"]
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -370,94 +343,6 @@ def bootstrap_ci(scores_clean, scores_adv, n_boot: int = 1000, level: float = 0.
     return out
 
 
-def train_margin_rule(adv_margin, train_margin, clean_margin=None) -> dict[str, float]:
-    """The paper's rule: flag a sample whose margin is below the smallest clean training margin.
-
-    Returns ``caught`` (fraction of ``adv_margin`` strictly below ``min(train_margin)``),
-    ``threshold`` (that minimum) and, when ``clean_margin`` is given, ``false_positive`` (fraction
-    of clean test margins below it: the rule's price).
-
-    NaN training margins are ignored; with no (non-NaN) training margin there is no threshold and
-    every fraction is NaN. NaN in ``adv_margin`` or ``clean_margin`` raises ValueError (a NaN margin
-    is neither below nor above the threshold).
-    """
-    adv = _as_1d_f64(adv_margin)
-    tr = _as_1d_f64(train_margin)
-    tr = tr[~torch.isnan(tr)]
-    thr = float(tr.min()) if tr.numel() else float("nan")
-
-    def frac_below(name: str, v: torch.Tensor) -> float:
-        if bool(torch.isnan(v).any()):
-            raise ValueError(f"train_margin_rule: {int(torch.isnan(v).sum())} NaN values in {name}; filter them "
-                             f"first (margins from fsl.geometry.flip_margins are never NaN)")
-        return float((v < thr).double().mean()) if v.numel() and not math.isnan(thr) else float("nan")
-
-    out = {"caught": frac_below("adv_margin", adv), "threshold": thr}
-    if clean_margin is not None:
-        out["false_positive"] = frac_below("clean_margin", _as_1d_f64(clean_margin))
-    return out
-
-
-# -------------------------------------------------------------------------------------------- summary
-def _mean_median(prefix: str, v: torch.Tensor | None) -> dict[str, float]:
-    if v is None:
-        return {}
-    v = _as_1d_f64(v)
-    v = v[torch.isfinite(v)]
-    if v.numel() == 0:
-        return {f"{prefix}/mean": float("nan"), f"{prefix}/median": float("nan")}
-    # numpy's median averages the two middle values (torch.median returns the lower one)
-    return {f"{prefix}/mean": float(v.mean()), f"{prefix}/median": float(np.median(v.numpy()))}
-
-
-def feature_space_summary(adv_margin, adv_hull, clean_margin=None, clean_hull=None, success=None,
-                          l2=None, linf=None) -> dict[str, float]:
-    """Feature-space statistics of successful adversarial examples (docs/adversarial.md), as Python floats.
-
-    Args:
-        adv_margin, adv_hull: ``(S,)`` margin ``d_min`` and hull distance ``d_h`` of the successful
-            adversarial examples.
-        clean_margin, clean_hull: ``(S,)`` the same of their clean originals (paired, same order).
-        success: ``(N,)`` bool over all attacked samples (gives ``success_rate``).
-        l2, linf: ``(S,)`` perturbation norms of the successful examples.
-
-    Keys (no prefix; callers add ``adv/<attack>/``): ``n_success``, ``frac_margin_lt_hull``
-    (``d_min < d_h``), ``margin/*``, ``hull/*``, ``ambiguity/*`` (``d_min - d_h``) with ``*`` =
-    ``mean``/``median``; with clean values: ``frac_hull_shrank`` (``d_h(adv) < d_h(clean)``),
-    ``clean_margin/*``, ``clean_hull/*``; with ``success``: ``success_rate``, ``n_attacked``;
-    with norms: ``l2/*``, ``linf/*``. Fractions are NaN when there are no successful examples.
-    """
-    m = _as_1d_f64(adv_margin)
-    h = _as_1d_f64(adv_hull)
-    if m.shape != h.shape:
-        raise ValueError(f"feature_space_summary: adv_margin {tuple(m.shape)} vs adv_hull {tuple(h.shape)}")
-    s = m.numel()
-    nan = float("nan")
-    out: dict[str, float] = {"n_success": float(s)}
-    out["frac_margin_lt_hull"] = float((m < h).double().mean()) if s else nan
-    out.update(_mean_median("margin", m))
-    out.update(_mean_median("hull", h))
-    out.update(_mean_median("ambiguity", m - h))
-    if clean_hull is not None:
-        ch = _as_1d_f64(clean_hull)
-        if ch.shape != h.shape:
-            raise ValueError("feature_space_summary: clean_hull must pair with adv_hull")
-        out["frac_hull_shrank"] = float((h < ch).double().mean()) if s else nan
-        out.update(_mean_median("clean_hull", ch))
-    if clean_margin is not None:
-        cm = _as_1d_f64(clean_margin)
-        if cm.shape != m.shape:
-            raise ValueError("feature_space_summary: clean_margin must pair with adv_margin")
-        out.update(_mean_median("clean_margin", cm))
-    if success is not None:
-        sc = torch.as_tensor(success).detach().cpu().bool().flatten()
-        out["n_attacked"] = float(sc.numel())
-        out["success_rate"] = float(sc.double().mean()) if sc.numel() else nan
-    out.update(_mean_median("l2", l2))
-    out.update(_mean_median("linf", linf))
-    return out
-
-
 _TABLE_KEYS = {"auroc": "auroc", "tpr5": "tpr_at_5fpr", "aupr_in": "aupr_in", "aupr_out": "aupr_out",
                "fpr95": "fpr_at_95tpr"}
 
@@ -488,10 +373,3 @@ def detection_table(scores: Mapping[str, tuple[torch.Tensor, torch.Tensor]], fpr
                 flat[f"{short}_hi/{name}"] = ci[f"{key}_hi"]
         curves[name] = {**roc_curve(clean, adv), "auroc": np.asarray(met["auroc"])}
     return flat, curves
-
-
-__all__: Sequence[str] = ["SCORES", "margin_score", "ambiguity_score", "msp_score", "energy_score", "Mahalanobis",
-                          "fit_mahalanobis", "mahalanobis_score", "KNNDetector", "knn_score", "fit_fdbd",
-                          "fdbd_score", "detection_metrics", "roc_curve", "clean_threshold", "BOOTSTRAP_METRICS",
-                          "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "train_margin_rule",
-                          "feature_space_summary", "detection_table"]

@@ -1,7 +1,7 @@
 """Every statistic of docs/geometry.md in one call: :func:`geometry_study` and :class:`FeatureGeometry`.
 
 :func:`geometry_study` is the one implementation: the callbacks and ``analyze.py`` call it through
-``fsl.analysis.feature_geometry_study`` (which shards the samples over DDP ranks with its
+``fsl.analysis.studies.geometry.feature_geometry_study`` (which shards the samples over DDP ranks with its
 ``map_rows`` hook), users call it through :class:`FeatureGeometry`.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: 
         hull_projections: also classify the hull projections (accuracy on projections).
         map_rows: ``map_rows(fn, n)`` runs ``fn(rows)`` (a dict of tensors whose first dim is
             ``rows``) over ``range(n)`` and returns the outputs for all rows in order; the default runs
-            all rows at once, ``fsl.analysis.geometry_study.sharded`` splits them over DDP ranks.
+            all rows at once, ``fsl.analysis.distributed.sharded`` splits them over DDP ranks.
         eval_index: ``per_sample["index"]`` (default ``arange(N)``).
 
     Balls ``B(x)`` of radius ``d_min(x)`` are centred on every training and every evaluation

@@ -14,10 +14,12 @@ from fsl.data.subsets import stratified_subset
 from fsl.errors import ConfigError
 from fsl.featmap.evaluate import (class_metrics, decoded_metrics, masked_cosine, position_cosine, region_cells,
                                   relative_error)
-from fsl.featmap.manipulations import MANIPULATIONS, apply_manipulation, check_images, grid_move, manipulation
+from fsl.featmap.manipulations import (MANIPULATIONS, apply_manipulation, check_manipulation_images, grid_move,
+                                       manipulation)
 from fsl.featmap.mappings import check_features, fit_global_linear, fit_procrustes, fit_shared_linear
 from fsl.featmap.nets import NET_DEFAULTS, build_net
 from fsl.featmap.spectra import spectrum_metrics, weight_bias_metrics
+from fsl.registry import closest
 
 Tensor = torch.Tensor
 
@@ -38,8 +40,6 @@ SGD_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.01, "batch_size": 32, "max_epochs"
 
 def check_mapping(name: str) -> str:
     if name not in MAPPINGS:
-        from fsl.validate import closest
-
         raise ConfigError(f"unknown mapping {name!r}" + closest(name, MAPPINGS))
     return name
 
@@ -48,8 +48,6 @@ def check_options(what: str, given: dict | None, defaults: dict) -> dict:
     """``{**defaults, **given}``; ConfigError for a key that ``defaults`` lacks."""
     unknown = sorted(set(given or {}) - set(defaults))
     if unknown:
-        from fsl.validate import closest
-
         raise ConfigError(f"{what} has no option {unknown[0]!r}" + closest(unknown[0], defaults))
     return {**defaults, **(given or {})}
 
@@ -102,9 +100,7 @@ def model_layers(model, layers: Sequence[str] | None) -> list[str]:
         return list(probe)
     for k in layers:
         if k not in probe:
-            from fsl.validate import closest
-
-            raise ConfigError(f"{type(model).__name__} has no layer {k!r}" + closest(k, probe)
+                raise ConfigError(f"{type(model).__name__} has no layer {k!r}" + closest(k, probe)
                               + f" (its layers, keys of feature_maps: {list(probe)})")
     return list(layers)
 
@@ -155,8 +151,8 @@ def featmap_study(model, train_images: Tensor, eval_images: Tensor, *, layers: S
     """
     from tqdm.auto import tqdm
 
-    check_images(train_images, "featmap: training images")
-    check_images(eval_images, "featmap: evaluation images")
+    check_manipulation_images(train_images, "featmap: training images")
+    check_manipulation_images(eval_images, "featmap: evaluation images")
     mappings = [check_mapping(m) for m in mappings]
     sgd = check_options("featmap sgd", sgd, SGD_DEFAULTS)
     nets = check_options("featmap nets", nets, NET_DEFAULTS)

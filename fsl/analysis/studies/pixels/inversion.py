@@ -4,16 +4,15 @@ from :mod:`fsl.inversion`, which measures the residual again on the returned ima
 without a target counts as a miss."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
-def _device(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
+from fsl.analysis.base import register_analysis
+from fsl.analysis.studies.pixels.base import PixelStudy, model_device, pixel_options
+from fsl.analysis.studies.pixels.base import fmt as _fmt
 
 
 def _sync(dev: torch.device) -> None:
@@ -21,27 +20,47 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _invert_kw(o: dict) -> dict:
-    kw = {"tol": float(o["tol"]), "method": o["method"]}
-    if o.get("max_iter") is not None:
-        kw["max_iter"] = int(o["max_iter"])
-    if o.get("al_iter") is not None:
-        kw["al_iter"] = int(o["al_iter"])
-    if o.get("al_inner_steps") is not None:
-        kw["al_inner_steps"] = int(o["al_inner_steps"])
-    return kw
+def invert_kw(o: dict) -> dict:
+    """Keyword arguments of :func:`fsl.inversion.invert_to_features` (``tol``, ``method``, ``options``)
+    from the ``pixels`` settings ``o``: ``max_iter``, ``al_iter``, ``al_inner_steps`` (None or 0: the
+    solver's default, as the settings file says)."""
+    method = o["method"]
+    max_iter, al_iter, inner = o.get("max_iter"), o.get("al_iter"), o.get("al_inner_steps")
+    opts: dict = {}
+    if method == "lm":
+        if max_iter:
+            opts["max_iter"] = int(max_iter)
+        fallback = {}
+        if al_iter:
+            fallback["al_iter"] = int(al_iter)
+        if inner is not None:
+            fallback["inner_steps"] = int(inner)
+        if fallback:
+            opts["fallback"] = fallback
+    elif method == "al+sqp":
+        if max_iter:
+            opts["max_iter"] = int(max_iter)
+        if al_iter is not None:
+            opts["al_iter"] = int(al_iter)
+        if inner is not None:
+            opts["inner_steps"] = int(inner)
+    elif method == "sqp":
+        if max_iter:
+            opts["max_iter"] = int(max_iter)
+    else:  # "al"
+        if al_iter is not None:
+            opts["max_iter"] = int(al_iter)
+        elif max_iter:
+            opts["max_iter"] = int(max_iter)
+        if inner is not None:
+            opts["inner_steps"] = int(inner)
+    return {"tol": float(o["tol"]), "method": method, "options": opts}
 
 
 def _cat_results(results) -> SimpleNamespace:
     """Concatenate InversionResults (or namespaces with the same fields) along the batch."""
     keys = ("images", "features", "feature_residual", "feature_error", "distance", "success", "target_in_domain")
     return SimpleNamespace(**{k: torch.cat([getattr(r, k).cpu() for r in results]) for k in keys})
-
-
-def _fmt(v, spec=".3g") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +137,7 @@ def _invert_batched(model, targets, references, o, radius=None, mode="point"):
     (indices, InversionResult) and the seconds of each batch."""
     from fsl.inversion import invert_to_features
 
-    dev = _device(model)
+    dev = model_device(model)
     bs = max(1, int(o["batch_size"]))
     idx = torch.isfinite(targets).all(1)
     if radius is not None:
@@ -130,7 +149,7 @@ def _invert_batched(model, targets, references, o, radius=None, mode="point"):
         _sync(dev)
         t0 = time.perf_counter()
         r = invert_to_features(model, targets[rows], references[rows].to(dev),
-                               radius=None if radius is None else radius[rows], mode=mode, **_invert_kw(o))
+                               radius=None if radius is None else radius[rows], mode=mode, **invert_kw(o))
         _sync(dev)
         secs.append(time.perf_counter() - t0)
         parts.append((rows, r))
@@ -171,14 +190,14 @@ def _figure_inversions(model, kind_label: str, targets, images, refs_kinds, o, r
     results for the "sample" reference (indices, result) to avoid solving twice."""
     from fsl.inversion import invert_to_features, make_references
 
-    dev = _device(model)
+    dev = model_device(model)
     shown_refs, results, labels = [], [], []
     for kind in refs_kinds:
         refs = make_references(kind, images)
         if kind == "sample" and reuse is not None:
             r = reuse
         else:
-            r = invert_to_features(model, targets, refs.to(dev), radius=radius, mode=mode, **_invert_kw(o))
+            r = invert_to_features(model, targets, refs.to(dev), radius=radius, mode=mode, **invert_kw(o))
         shown_refs.append(refs.cpu())
         results.append(r)
         labels.append(kind)
@@ -250,9 +269,7 @@ def measure_inversions(model, images: torch.Tensor, features: torch.Tensor, trai
     without a target is a miss. Returns {kind: MeasuredInversion}."""
     from fsl.inversion import make_references
 
-    from fsl.analysis.pixel_studies import _options
-
-    o = _options(cfg)
+    o = pixel_options("inversion", cfg)
     n = images.shape[0]
     refs = make_references("sample", images)
     outm = {}
@@ -271,7 +288,7 @@ def measure_inversions(model, images: torch.Tensor, features: torch.Tensor, trai
             mm["inversion/hull/frac_inside_hull"] = float(inside.double().mean()) if n else float("nan")
             if parts and labels is not None:
                 rows = torch.cat([rw for rw, _ in parts])
-                feats = torch.cat([r.features for _, r in parts]).to(_device(model))
+                feats = torch.cat([r.features for _, r in parts]).to(model_device(model))
                 with torch.no_grad():
                     pred = model.forward_head(feats).argmax(1).cpu()
                 mm["inversion/hull/acc_on_inversions"] = float((pred == labels[rows].cpu()).double().mean())
@@ -279,96 +296,101 @@ def measure_inversions(model, images: torch.Tensor, features: torch.Tensor, trai
     return outm
 
 
-def _inversion_study(ctx) -> None:
-    o, model, out, metrics, lines = ctx.o, ctx.model, ctx.out, ctx.metrics, ctx.lines
-    n = min(int(o["n_measure"]), ctx.test_images.shape[0])
-    nf = min(int(o["n_figure"]), ctx.test_images.shape[0])
-    imgs = ctx.test_images[:max(n, nf)]
-    feats = ctx.test_features[:max(n, nf)]
-    kinds = list(o["references"])
+@register_analysis("inversion")
+class InversionStudy(PixelStudy):
+    """Images of the closest flip points (paper Fig. 3), hull projections (Fig. 5) and ball
+    perimeters (Fig. 7); success rate, residuals and seconds per batch on ``n_measure`` samples."""
 
-    measured = measure_inversions(model, imgs[:n], feats[:n], ctx.train_features, o, ctx.flip_result,
-                                  ctx.hull_result, ctx.test_labels[:n])
-    flip_all, margin, flip_ok = flip_targets(model, feats, ctx.flip_result)
-    table = []
-    for key, fig_name, title in (("flip", "pixels_flip_points", "closest flip point (paper Fig. 3)"),
-                                 ("hull", "pixels_hull_projections", "hull projection (paper Fig. 5)")):
-        mi = measured[key]
-        metrics.update(mi.metrics)
-        table.append((key, mi.metrics))
-        if nf <= n:
-            targets, valid = mi.targets, mi.valid
-        elif key == "flip":
-            targets, valid = flip_all, flip_ok
-        else:
-            targets, _, valid = hull_targets(feats, ctx.train_features, ctx.hull_result, **dict(o["hull"] or {}))
-        # figure: the first nf samples that have a target
-        fig_rows = valid.nonzero().squeeze(1)[:nf]
+    def compute(self, ctx):
+        run = self.begin(ctx)
+        o, model, out, metrics, lines = run.o, run.model, run.out, run.metrics, run.lines
+        n = min(int(o["n_measure"]), run.test_images.shape[0])
+        nf = min(int(o["n_figure"]), run.test_images.shape[0])
+        imgs = run.test_images[:max(n, nf)]
+        feats = run.test_features[:max(n, nf)]
+        kinds = list(o["references"])
+
+        measured = measure_inversions(model, imgs[:n], feats[:n], run.train_features, o, run.flip_result,
+                                      run.hull_result, run.test_labels[:n])
+        flip_all, margin, flip_ok = flip_targets(model, feats, run.flip_result)
+        table = []
+        for key, fig_name, title in (("flip", "pixels_flip_points", "closest flip point (paper Fig. 3)"),
+                                     ("hull", "pixels_hull_projections", "hull projection (paper Fig. 5)")):
+            mi = measured[key]
+            metrics.update(mi.metrics)
+            table.append((key, mi.metrics))
+            if nf <= n:
+                targets, valid = mi.targets, mi.valid
+            elif key == "flip":
+                targets, valid = flip_all, flip_ok
+            else:
+                targets, _, valid = hull_targets(feats, run.train_features, run.hull_result, **dict(o["hull"] or {}))
+            # figure: the first nf samples that have a target
+            fig_rows = valid.nonzero().squeeze(1)[:nf]
+            if fig_rows.numel():
+                reuse = _subset_result(mi.parts, fig_rows) if "sample" in kinds else None
+                r_refs, r_res, labels = _figure_inversions(model, key, targets[fig_rows], imgs[fig_rows], kinds, o,
+                                                           reuse=reuse)
+                run.figures.append(_save_inversion_figure(out, fig_name, r_refs, r_res, labels, fig_rows.numel(), title))
+            else:
+                lines.append(f"- {title}: no sample with a target among the first {max(n, nf)}; no figure.")
+
+        # perimeter of B(x): ||N(x') - N(x)|| = d_min(x)
+        fig_rows = (torch.isfinite(margin) & (margin > 0))[:nf].nonzero().squeeze(1)
         if fig_rows.numel():
-            reuse = _subset_result(mi.parts, fig_rows) if "sample" in kinds else None
-            r_refs, r_res, labels = _figure_inversions(model, key, targets[fig_rows], imgs[fig_rows], kinds, o,
-                                                       reuse=reuse)
-            ctx.figures.append(_save_inversion_figure(out, fig_name, r_refs, r_res, labels, fig_rows.numel(), title))
+            centres = feats[fig_rows].double()
+            rad = margin[fig_rows]
+            r_refs, r_res, labels = _figure_inversions(model, "perimeter", centres, imgs[fig_rows], kinds, o,
+                                                       radius=rad, mode="sphere")
+            run.figures.append(_save_inversion_figure(out, "pixels_perimeter", r_refs, r_res, labels, fig_rows.numel(),
+                                                      "perimeter of B(x), radius d_min (paper Fig. 7)"))
+            pm = {"inversion/perimeter/n": float(r_res.success.numel()),
+                  "inversion/perimeter/success_rate": float(r_res.success.double().mean()),
+                  "inversion/perimeter/residual_mean": float(r_res.feature_residual[torch.isfinite(r_res.feature_residual)].mean()),
+                  "inversion/perimeter/distance_mean": float(r_res.distance.mean())}
+            metrics.update(pm)
         else:
-            lines.append(f"- {title}: no sample with a target among the first {max(n, nf)}; no figure.")
+            lines.append("- perimeter of B(x): no figure sample has a finite, positive margin; skipped.")
 
-    # perimeter of B(x): ||N(x') - N(x)|| = d_min(x)
-    fig_rows = (torch.isfinite(margin) & (margin > 0))[:nf].nonzero().squeeze(1)
-    if fig_rows.numel():
-        centres = feats[fig_rows].double()
-        rad = margin[fig_rows]
-        r_refs, r_res, labels = _figure_inversions(model, "perimeter", centres, imgs[fig_rows], kinds, o,
-                                                   radius=rad, mode="sphere")
-        ctx.figures.append(_save_inversion_figure(out, "pixels_perimeter", r_refs, r_res, labels, fig_rows.numel(),
-                                                  "perimeter of B(x), radius d_min (paper Fig. 7)"))
-        pm = {"inversion/perimeter/n": float(r_res.success.numel()),
-              "inversion/perimeter/success_rate": float(r_res.success.double().mean()),
-              "inversion/perimeter/residual_mean": float(r_res.feature_residual[torch.isfinite(r_res.feature_residual)].mean()),
-              "inversion/perimeter/distance_mean": float(r_res.distance.mean())}
-        metrics.update(pm)
-    else:
-        lines.append("- perimeter of B(x): no figure sample has a finite, positive margin; skipped.")
-
-    lines += ["", f"Inversion of geometry targets, reference = the sample itself, {n} test samples "
-              f"(method {o['method']}, relative tolerance {o['tol']:g}, batches of {int(o['batch_size'])}; "
-              "a sample without a target counts as a miss):", "",
-              "| target | n | success | proven unreachable | miss: stationary | miss: not converged | mean residual "
-              "| median residual | max residual | mean ‖x − x_r‖ | s / batch |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, mm in table:
-        p = f"inversion/{key}"
-        lines.append(f"| {'closest flip point' if key == 'flip' else 'hull projection'} | {int(mm[p + '/n'])} | "
-                     f"{_fmt(mm[p + '/success_rate'], '.1%')} | {int(mm[p + '/unreachable'])} | "
-                     f"{int(mm[p + '/stationary'])} | {int(mm[p + '/not_converged'])} | "
-                     f"{_fmt(mm[p + '/residual_mean'], '.2e')} | "
-                     f"{_fmt(mm[p + '/residual_median'], '.2e')} | {_fmt(mm[p + '/residual_max'], '.2e')} | "
-                     f"{_fmt(mm[p + '/distance_mean'])} | {_fmt(mm[p + '/seconds_per_batch'], '.2f')} |")
-    if "inversion/perimeter/success_rate" in metrics:
-        lines.append(f"| perimeter of B(x) (figure samples, all references) | {int(metrics['inversion/perimeter/n'])} | "
-                     f"{_fmt(metrics['inversion/perimeter/success_rate'], '.1%')} | | | | "
-                     f"{_fmt(metrics['inversion/perimeter/residual_mean'], '.2e')} | | | "
-                     f"{_fmt(metrics['inversion/perimeter/distance_mean'])} | |")
-    lines += ["", "Misses: *proven unreachable* = a certified interval-bound lower bound on the residual over the "
-              "whole box is above the tolerance; *stationary* = the box-constrained Gauss-Newton model at the "
-              "returned image cannot remove 10% of the residual (a local obstruction); *not converged* = it still "
-              "predicts progress (docs/inversion.md, \"Why a miss missed\")."]
-    for key, mm in table:
-        p = f"inversion/{key}"
-        if p + "/probe_floor" in mm:
-            lines.append(f"- {key} misses, multi-start probe ({int(o['probe_steps'])} projected-Adam steps from the "
-                         f"sample + {int(o.get('probe_random') or 0)} random images): {int(mm[p + '/probe_reachable'])} "
-                         f"reached by the probe (reachable: a solver miss), {int(mm[p + '/probe_near'])} within 10x "
-                         f"the tolerance, {int(mm[p + '/probe_floor'])} above it (a residual floor shared by both "
-                         f"solvers: evidence, not proof, that the target lies outside the image of the box).")
-    extra = []
-    if metrics.get("inversion/flip/n_no_target"):
-        extra.append(f"{int(metrics['inversion/flip/n_no_target'])} sample(s) have no flip point")
-    if "inversion/hull/frac_inside_hull" in metrics:
-        extra.append(f"{_fmt(metrics['inversion/hull/frac_inside_hull'], '.1%')} of the samples lie inside the hull "
-                     "(their projection is the sample's own feature vector)")
-    if "inversion/hull/acc_on_inversions" in metrics:
-        extra.append(f"model accuracy on the hull-projection images: {_fmt(metrics['inversion/hull/acc_on_inversions'], '.3f')}")
-    if extra:
-        lines += ["", "- " + "; ".join(extra) + "."]
-
-
+        lines += ["", f"Inversion of geometry targets, reference = the sample itself, {n} test samples "
+                  f"(method {o['method']}, relative tolerance {o['tol']:g}, batches of {int(o['batch_size'])}; "
+                  "a sample without a target counts as a miss):", "",
+                  "| target | n | success | proven unreachable | miss: stationary | miss: not converged | mean residual "
+                  "| median residual | max residual | mean ‖x − x_r‖ | s / batch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, mm in table:
+            p = f"inversion/{key}"
+            lines.append(f"| {'closest flip point' if key == 'flip' else 'hull projection'} | {int(mm[p + '/n'])} | "
+                         f"{_fmt(mm[p + '/success_rate'], '.1%')} | {int(mm[p + '/unreachable'])} | "
+                         f"{int(mm[p + '/stationary'])} | {int(mm[p + '/not_converged'])} | "
+                         f"{_fmt(mm[p + '/residual_mean'], '.2e')} | "
+                         f"{_fmt(mm[p + '/residual_median'], '.2e')} | {_fmt(mm[p + '/residual_max'], '.2e')} | "
+                         f"{_fmt(mm[p + '/distance_mean'])} | {_fmt(mm[p + '/seconds_per_batch'], '.2f')} |")
+        if "inversion/perimeter/success_rate" in metrics:
+            lines.append(f"| perimeter of B(x) (figure samples, all references) | {int(metrics['inversion/perimeter/n'])} | "
+                         f"{_fmt(metrics['inversion/perimeter/success_rate'], '.1%')} | | | | "
+                         f"{_fmt(metrics['inversion/perimeter/residual_mean'], '.2e')} | | | "
+                         f"{_fmt(metrics['inversion/perimeter/distance_mean'])} | |")
+        lines += ["", "Misses: *proven unreachable* = a certified interval-bound lower bound on the residual over the "
+                  "whole box is above the tolerance; *stationary* = the box-constrained Gauss-Newton model at the "
+                  "returned image cannot remove 10% of the residual (a local obstruction); *not converged* = it still "
+                  "predicts progress (docs/inversion.md, \"Why a miss missed\")."]
+        for key, mm in table:
+            p = f"inversion/{key}"
+            if p + "/probe_floor" in mm:
+                lines.append(f"- {key} misses, multi-start probe ({int(o['probe_steps'])} projected-Adam steps from the "
+                             f"sample + {int(o.get('probe_random') or 0)} random images): {int(mm[p + '/probe_reachable'])} "
+                             f"reached by the probe (reachable: a solver miss), {int(mm[p + '/probe_near'])} within 10x "
+                             f"the tolerance, {int(mm[p + '/probe_floor'])} above it (a residual floor shared by both "
+                             f"solvers: evidence, not proof, that the target lies outside the image of the box).")
+        extra = []
+        if metrics.get("inversion/flip/n_no_target"):
+            extra.append(f"{int(metrics['inversion/flip/n_no_target'])} sample(s) have no flip point")
+        if "inversion/hull/frac_inside_hull" in metrics:
+            extra.append(f"{_fmt(metrics['inversion/hull/frac_inside_hull'], '.1%')} of the samples lie inside the hull "
+                         "(their projection is the sample's own feature vector)")
+        if "inversion/hull/acc_on_inversions" in metrics:
+            extra.append(f"model accuracy on the hull-projection images: {_fmt(metrics['inversion/hull/acc_on_inversions'], '.3f')}")
+        if extra:
+            lines += ["", "- " + "; ".join(extra) + "."]
+        return self.finish(run)

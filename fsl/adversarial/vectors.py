@@ -1,24 +1,15 @@
-"""Input checks and helpers the detectors share."""
+"""Row-vector helpers shared by the detectors and the attacks: rows scaled to unit length (the
+k-NN detector) and the distances between the linear head's weight rows, ``||w_p - w_c||`` (the
+denominators of every closed-form distance to a decision boundary: fDBD, the adaptive attack)."""
 from __future__ import annotations
 
 import torch
 
-
-def finite_2d(name: str, t, dtype=torch.float64) -> torch.Tensor:
-    """``t`` as a 2-D float64 tensor; ValueError when it is not 2-D or holds NaN / inf."""
-    x = torch.as_tensor(t).detach().to(dtype)
-    if x.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor (rows, dims), got shape {tuple(x.shape)}")
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        rows = int(bad.any(dim=1).sum())
-        raise ValueError(f"{name}: {int(bad.sum())} non-finite values (NaN/inf) in {rows} of {x.shape[0]} rows; "
-                         f"filter or fix them first")
-    return x
+__all__ = ["unit_rows", "weight_gaps"]
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    # zero vectors stay zero (the norm clamp of pytorch-ood's KNN)
+    """``x / ||x||`` row-wise; zero rows stay zero (norms clamped at 1e-12, as pytorch-ood's KNN)."""
     return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
