@@ -1,9 +1,20 @@
-"""Shared helpers for tests that run train.py's code path on small data."""
+"""Shared helpers of the tests: configs that run train.py's code path on small data, a quickly trained
+SELU MLP, a crashing callback, class-sorted labels. A plain module (``CrashAtStep`` is named by its import
+path in Hydra overrides, ``tests.helpers.CrashAtStep``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fsl.config import compose_config
+
+# the analysis callbacks on, small; shared by tests/callbacks/test_callbacks.py and test_ddp.py
+CALLBACK_OVERRIDES = [
+    "callbacks=analysis",
+    "analysis.geometry.every_n_epochs=1", "analysis.geometry.n_train=300",
+    "analysis.geometry.n_eval=120",
+    "analysis.adversarial.every_n_epochs=2", "analysis.adversarial.n_samples=60",
+    "analysis.adversarial.only=null",  # the whole suite (the experiments run a cheap subset per epoch)
+]
 
 
 def synthetic_overrides(tmp_path: Path, epochs: int = 2, extra=()) -> list[str]:
@@ -64,3 +75,10 @@ class CrashAtStep:
                     raise RuntimeError(f"crash at step {trainer.global_step} (tests.helpers.CrashAtStep)")
 
         return _Crash()
+
+
+def sorted_labels(sizes):
+    """Labels sorted by class, ``sizes[c]`` samples of class ``c``."""
+    import torch
+
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes))

@@ -11,19 +11,14 @@ from fsl.adversarial import ATTACKS, DETECTORS
 from fsl.analysis import ANALYSES
 from fsl.analysis.base import DRIVER_KEYS, analysis_defaults, create_analysis, default_analyses
 from fsl.config import CONFIG_DIR
-from fsl.models import MODELS, LinearHead, create_model
+from fsl.models import MODELS, LinearHead
 
 BUILTIN_ANALYSES = list(ANALYSES)
 
 
-def _model(name: str):
-    torch.manual_seed(0)
-    return create_model(name, input_shape=[1, 28, 28], num_classes=10, mean=[0.5], std=[0.25]).eval()
-
-
 @pytest.mark.parametrize("name", list(MODELS))
-def test_model_contract(name):
-    model = _model(name)
+def test_model_contract(name, seeded_model):
+    model = seeded_model(name)
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         f = model.forward_features(x)
@@ -46,12 +41,12 @@ def test_model_contract(name):
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_attack_contract(name):
+def test_attack_contract(name, seeded_model):
     """Images stay in [0, 1] with their shape; success is decided on the returned images."""
     from fsl.adversarial import run_attack
     from fsl.adversarial.success import is_adversarial
 
-    model = _model("fcnn1")
+    model = seeded_model("fcnn1")
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -93,7 +88,7 @@ def test_detector_contract(name):
     assert f"adv_{name}" in per_sample_dtypes() and f"clean_{name}" in per_sample_dtypes()
 
 
-def test_attack_defaults_are_read_when_asked():
+def test_attack_defaults_are_read_when_asked(seeded_model):
     """``ATTACKS.defaults`` and ``run_attack`` see an attack registered after import (no snapshot),
     and every call gets a fresh dict."""
     from fsl.adversarial import register_attack, run_attack
@@ -109,7 +104,7 @@ def test_attack_defaults_are_read_when_asked():
         ATTACKS.defaults("late_identity")["scale"] = 9.0  # a copy: the registered defaults stay
         assert ATTACKS.defaults("late_identity") == {"scale": 0.0}
         assert ATTACKS.entry("late_identity").meta == {"norm": "Linf", "doc": late_identity.__doc__}
-        model = _model("fcnn1")
+        model = seeded_model("fcnn1")
         x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
         res = run_attack(model, x, model(x).argmax(1).detach(), "late_identity")
         assert res.params == {"scale": 0.0} and torch.equal(res.adv_images, x)
@@ -124,13 +119,13 @@ def test_detector_registration_order():
     assert list(DETECTORS) == list(DETECTORS.names())
 
 
-def test_unknown_attack_and_detector_names_suggest_the_closest():
+def test_unknown_attack_and_detector_names_suggest_the_closest(seeded_model):
     from fsl.adversarial import Detectors, DistanceFunctions, run_attack
     from fsl.adversarial.detectors import build_detector
     from fsl.adversarial.suites import check_suite
     from fsl.errors import ConfigError
 
-    model = _model("fcnn1")
+    model = seeded_model("fcnn1")
     x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
     with pytest.raises(ConfigError, match="unknown attack 'pgdd'; did you mean 'pgd'"):
         run_attack(model, x, y, "pgdd")

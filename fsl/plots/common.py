@@ -1,6 +1,6 @@
 """Matplotlib helpers shared by fsl's figures (Agg backend, PNG files written atomically).
 
-Layout rules every figure of fsl.plots follows (guarded by tests/test_figure_layout.py): no text overlaps
+Layout rules every figure of fsl.plots follows (guarded by tests/plots/test_figure_layout.py): no text overlaps
 another, nothing lies outside the canvas, and every value-scaled image (differences, residuals, stds, heat
 maps) has a labelled colour bar. Image grids are packed by :func:`_pack`: the image cells keep their size
 in inches and the figure grows to hold the titles, labels and colour bars measured around them.

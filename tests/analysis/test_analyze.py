@@ -98,7 +98,7 @@ def test_analysis_killed_midway_leaves_the_previous_results_whole(checkpoint, tm
     analyze(analyze_cfg(tmp_path, ckpt, out, quick))
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert Path("metrics.json") in before and Path("report.md") in before
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository root
     args = [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.wandb_dir={tmp_path}", "n_train=256", "n_eval=96",
             "device=cpu", "analysis.adversarial.enabled=false", "analysis.pixel_hull.enabled=false",
             "pixels.n_measure=6", "pixels.n_figure=2", "pixels.batch_size=6", "analysis.signal.n_signal=200",

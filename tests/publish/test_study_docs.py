@@ -9,7 +9,7 @@ from fsl.analysis.results import read_manifest
 from fsl.publish.render import render
 from fsl.publish.study import load_study_config, study_names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 STUDIES = study_names()
 
 

@@ -11,8 +11,6 @@ import torch
 
 from fsl.analysis.studies.pixels.inversion import measure_inversions
 from fsl.analysis.results import ResultsDir
-from fsl.data import mnist5k_tensors
-from fsl.models import create_model
 
 from tests.helpers import train_selu_mlp
 
@@ -61,18 +59,16 @@ def pixel_space_studies(model, Xtr, ytr, Xte, yte, out, class_names, cfg):
     return metrics, lines
 
 
-def _digits():
-    return mnist5k_tensors(seed=0)
-
-
 def _features(model, x):
     with torch.no_grad():
         return model.forward_features(x)
 
 
 @pytest.fixture(scope="module")
-def selu_setup():
-    X, y = _digits()
+def selu_setup(mnist5k_digits):
+    X, y = mnist5k_digits
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    X, y = X[perm], y[perm]  # = fsl.data.mnist5k_tensors(seed=0)
     Xtr, ytr, Xte, yte = X[:1500], y[:1500], X[4000:4100], y[4000:4100]
     model = train_selu_mlp(Xtr, ytr, (64, 32), 4, 2e-3, Xte, yte, 0.8)
     return model, Xtr, ytr, Xte, yte, _features(model, Xtr), _features(model, Xte)
@@ -180,9 +176,8 @@ def test_misses_are_explained_and_probed(selu_setup):
                for k, mi in res.items()) > 0  # a one-step solver misses: the split was exercised: the split was exercised
 
 
-def test_resnet_skips_selu_studies(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("resnet20", input_shape=(1, 28, 28), mean=[0.5], std=[0.25]).eval()
+def test_resnet_skips_selu_studies(tmp_path, seeded_model):
+    model = seeded_model("resnet20")
     g = torch.Generator().manual_seed(0)
     Xtr, Xte = torch.rand(24, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
     ytr, yte = torch.arange(24) % 10, torch.tensor([0, 1, 2, 3])

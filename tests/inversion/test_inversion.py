@@ -9,20 +9,15 @@ import torch
 from fsl.inversion import (ALSQPOptions, LMOptions, invert_to_features, jacobian_null_space, level_set_walk,
                            make_references, morph, null_space_directions, null_step_response,
                            pixel_line_feature_path, two_point_equidistant)
-from fsl.data import mnist5k_tensors
 from fsl.models import SELU_LOWER
 
 from tests.helpers import train_selu_mlp
 
 
-def _digits():
-    return mnist5k_tensors(seed=None)
-
-
 @pytest.fixture(scope="module")
-def trained():
+def trained(mnist5k_digits):
     """(model, images, labels): SeluMLP 784-128-64-32-10, 8 epochs of Adam on 4,000 digits."""
-    X, y = _digits()
+    X, y = mnist5k_digits
     perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))
     X, y = X[perm], y[perm]
     model = train_selu_mlp(X[:4000], y[:4000], (128, 64, 32), 8, 1e-3, X[4000:], y[4000:], 0.85)

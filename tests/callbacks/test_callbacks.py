@@ -6,15 +6,7 @@ import torch
 from fsl.data.subsets import stratified_subset
 from fsl.tracking import find_offline_runs, read_offline_run
 from fsl.training import load_model, train
-from tests.helpers import synthetic_config
-
-CALLBACK_OVERRIDES = [
-    "callbacks=analysis",
-    "analysis.geometry.every_n_epochs=1", "analysis.geometry.n_train=300",
-    "analysis.geometry.n_eval=120",
-    "analysis.adversarial.every_n_epochs=2", "analysis.adversarial.n_samples=60",
-    "analysis.adversarial.only=null",  # the whole suite (the experiments run a cheap subset per epoch)
-]
+from tests.helpers import CALLBACK_OVERRIDES, synthetic_config
 
 
 @pytest.fixture(scope="module")

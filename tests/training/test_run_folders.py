@@ -18,7 +18,7 @@ from fsl.training import read_checkpoint, train
 from fsl.config import compose_config
 from tests.helpers import synthetic_config, synthetic_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 # synthetic data with augmentation (crop + flip), 8 steps per epoch, no analyses
 BASE = ["data=synthetic", "callbacks=default", "trainer.enable_progress_bar=false", "+data.crop_padding=2",
         "+data.hflip=true", "test_after_fit=false"]

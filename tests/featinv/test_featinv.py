@@ -281,14 +281,13 @@ def test_featinv_analysis_scores_decoders_and_inversion_on_the_same_samples(feat
     assert empty.metrics == {} and "analysis.featinv.checkpoints" in " ".join(empty.report)
 
 
-def test_layer_inversion_keeps_the_models_batchnorm_mode_and_reports_its_own_residual():
+def test_layer_inversion_keeps_the_models_batchnorm_mode_and_reports_its_own_residual(seeded_model):
     """fsl.inversion restores the training mode of the module it is given; the layer wrapper must
     carry the model's eval mode (a fresh nn.Module is in training mode, which would leave the
     ResNet's BatchNorm in batch-statistics mode afterwards)."""
     from fsl.featinv.evaluate import evaluate_inversion
 
-    torch.manual_seed(0)
-    model = create_model("resnet20", input_shape=(1, 28, 28), mean=[0.5], std=[0.25]).eval()
+    model = seeded_model("resnet20")
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     r = evaluate_inversion(model, "pooled", x, None, torch.full((1, 28, 28), 0.5), max_iter=1, chunk=2)
     assert not model.training and not any(m.training for m in model.modules())

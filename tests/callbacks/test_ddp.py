@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from fsl.tracking import find_offline_runs, read_offline_run
-from tests.helpers import synthetic_overrides
-from tests.test_callbacks import CALLBACK_OVERRIDES
+from tests.helpers import CALLBACK_OVERRIDES, synthetic_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 
 def run_train(tmp: Path, trainer: str, threads: int | None = None) -> dict:
