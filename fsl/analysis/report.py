@@ -34,10 +34,11 @@ PAPER_CIFAR10 = {
 }
 
 
-def render_report(cfg, hp, ctx, metrics: dict, done) -> str:
-    """``report.md``: the paper comparison, then every analysis' section with its figures."""
-    lines = [f"# fsl analysis: {hp['model']['name']} on {hp['data']['name']}", "",
-             f"Checkpoint: `{cfg.ckpt_path}`  ", f"Analyses: {', '.join(a.name for a, _, _ in done)}."]
+def render_report(title: str, source: str, ctx, metrics: dict, done) -> str:
+    """``report.md``: ``# <title>``, the ``source`` line (which checkpoint or model), the paper
+    comparison, then every analysis' section with its figures; ``done`` holds ``(analysis, result,
+    {figure key: file})`` in the order they ran."""
+    lines = [f"# {title}", "", f"{source}  ", f"Analyses: {', '.join(a.name for a, _, _ in done)}."]
     if any(key in metrics for key in PAPER_CIFAR10):  # only when an analysis measured one of them
         lines += ["", "## Paper (ResNet-20, CIFAR-10) vs measured", "",
                   "| quantity | paper | measured |", "|---|---|---|"]

@@ -122,37 +122,56 @@ def analyze(cfg) -> AnalysisResult:
     # fsl's own files are replaced when everything is written
     out = ResultsDir(cfg.output_dir, staged=True,
                      meta={"checkpoint": {"path": str(cfg.ckpt_path), "sha256": sha256(cfg.ckpt_path)}, **provenance()})
+    metrics, done = collect(analyses, ctx, out)
+    title = f"fsl analysis: {hp['model']['name']} on {hp['data']['name']}"
+    written = write_results(out, ctx, metrics, done, title, f"Checkpoint: `{cfg.ckpt_path}`", t0)
+    _log_wandb(cfg, metrics, done, out)
+    return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
+
+
+def collect(analyses: Iterable[Analysis], ctx: Context, out: ResultsDir | None = None) -> tuple[dict, list]:
+    """:func:`run_analyses` with a progress bar, collecting ``(metrics, done)``: the flat metrics and
+    ``[(analysis, result, {figure key: file})]``; with ``out``, figures are saved as they come (and
+    closed), without it they stay open in the results."""
     metrics: dict[str, float] = {}
     done: list[tuple[Analysis, Result, dict]] = []
 
     def save(a: Analysis, res: Result) -> None:
         metrics.update(flat_metrics(a, res))
-        files = {key: out.save_figure(fig.file, fig.fig) for key, fig in res.figures.items()}  # written as they come
-        close_figures(res)
+        files = {}
+        if out is not None:
+            files = {key: out.save_figure(fig.file, fig.fig) for key, fig in res.figures.items()}  # written as they come
+            close_figures(res)
         done.append((a, res, files))
 
-    run_analyses(_progress(analyses), ctx, on_result=save)
-    written = [out.write_csv("per_sample.csv", _per_sample(done, ctx))] if done else []
-    written.append(out.write_text("report.md", render_report(cfg, hp, ctx, metrics, done)))
+    run_analyses(_progress(analyses, ctx.progress), ctx, on_result=save)
+    return metrics, done
+
+
+def write_results(out: ResultsDir, ctx: Context, metrics: dict, done: list, title: str, source: str,
+                  t0: float) -> list[Path]:
+    """Write ``per_sample.csv``, ``report.md`` and ``metrics.json`` (with ``analyze/seconds`` since
+    ``t0``) beside the figures and commit the folder; the final paths of every file written."""
+    written = [out.write_csv("per_sample.csv", per_sample_columns(done))] if done else []
+    written.append(out.write_text("report.md", render_report(title, source, ctx, metrics, done)))
     metrics["analyze/seconds"] = time.time() - t0
     written.append(out.write_json("metrics.json", metrics))
     written += [p for _, _, files in done for p in files.values()]
     written = [out.final_path(f) for f in written]
     out.commit()
-    _log_wandb(cfg, metrics, done, out)
-    return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
+    return written
 
 
-def _progress(analyses):
+def _progress(analyses, show: bool = True):
     """The analyses, with a bar naming the one being computed."""
-    bar = tqdm(analyses, desc="analysis", leave=True)
+    bar = tqdm(analyses, desc="analysis", leave=True, disable=not show)
     for a in bar:
         bar.set_postfix_str(a.name)
         yield a
     bar.close()
 
 
-def _per_sample(done, ctx) -> dict:
+def per_sample_columns(done) -> dict:
     """Every analysis' per-sample columns over the evaluation samples, in analysis order."""
     cols: dict = {}
     n = None
@@ -185,3 +204,116 @@ def _log_wandb(cfg, metrics: dict, done, out: ResultsDir) -> None:
     run.log({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **media})
     run.finish()
     wandb.teardown()
+
+
+@dataclass
+class AnalysisReport:
+    """What :func:`analyze_model` (``fsl.analyze``) returns.
+
+    Attributes:
+        metrics: ``{key: float}``, the same flat keys as W&B and ``metrics.json``
+            (``analysis/margin/median``, ``adv/deepfool/auroc/margin``, ...).
+        per_sample: columns over the evaluation samples (``per_sample.csv``).
+        figures: ``{W&B key: Figure}`` (open matplotlib figures when no folder was written).
+        report: ``report.md`` as text.
+        results_dir: the folder written (None without ``output_dir``); files: its files.
+    """
+
+    metrics: dict[str, float]
+    per_sample: dict[str, Any]
+    figures: dict[str, Any]
+    report: str
+    results_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N, C, H, W) in [0, 1], labels (N,) long)`` from a pair of tensors or from any
+    iterable of ``(images, labels)`` batches (a DataLoader, read once into memory: pass a subset of
+    a large set). Checked with :mod:`fsl.checks`."""
+    from fsl.checks import check_images, check_labels
+    from fsl.errors import ConfigError
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        images, labels = data
+    else:
+        try:
+            batches = [(b[0], b[1]) for b in data]
+        except (TypeError, IndexError, KeyError):
+            raise ConfigError(f"{what}: expected (images, labels) tensors or a DataLoader of (images, labels) "
+                              f"batches, got {type(data).__name__}") from None
+        if not batches:
+            raise ConfigError(f"{what}: the DataLoader gave no batches")
+        images = torch.cat([torch.as_tensor(x) for x, _ in batches])
+        labels = torch.cat([torch.as_tensor(y) for _, y in batches])
+    images = check_images(f"{what} images", images)
+    labels = check_labels(f"{what} labels", labels, images.shape[0]).long()
+    if images.shape[0] == 0:
+        raise ConfigError(f"{what}: no samples")
+    return images.cpu(), labels.cpu()
+
+
+def analyze_model(model: torch.nn.Module, train, eval, analyses: Iterable[str] | None = None,
+                  output_dir: str | Path | None = None, *, pixels: dict | None = None, seed: int = 0,
+                  n_train: int | None = None, n_eval: int | None = None, batch_size: int = 1000,
+                  device: str | torch.device | None = None, class_names=None, data_name: str = "",
+                  progress: bool = True, **options) -> AnalysisReport:
+    """``fsl.analyze``: the analyses of ``analyze.py`` on any classifier and data set, the same code
+    path (:func:`collect`, :func:`write_results`) without a checkpoint or a config file.
+
+    Args:
+        model: an fsl model, or any ``nn.Module`` whose logits are a final ``nn.Linear`` (wrapped
+            with :func:`fsl.models.wrap.wrap`, checked on the training images).
+        train, eval: ``(images (N, C, H, W) in [0, 1], labels (N,))`` or a DataLoader of such batches;
+            ``train`` spans the hull and fits the detectors, ``eval`` is analysed.
+        analyses: names (None: every analysis with ``default: true`` in its yaml).
+        output_dir: when given, the results folder is written there (``metrics.json``,
+            ``per_sample.csv``, ``report.md``, ``figures/``; refused if it holds files fsl did not write).
+        pixels: the pixel-space studies' shared settings (``configs/pixels/default.yaml`` keys).
+        seed, n_train, n_eval, batch_size, device, class_names, data_name: as in ``analyze.py``.
+        **options: ``{analysis name: {option: value}}`` overrides of ``configs/analysis/<name>.yaml``,
+            e.g. ``adversarial={"n_samples": 100}``.
+
+    Returns:
+        :class:`AnalysisReport` with ``.metrics`` (the W&B keys), ``.per_sample``, ``.figures``, ``.report``.
+    """
+    from fsl.analysis.base import default_analyses
+    from fsl.errors import ConfigError
+    from fsl.models.base import FeatureClassifier
+
+    t0 = time.time()
+    names = list(analyses) if analyses is not None else default_analyses()
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        from fsl.registry import closest
+
+        raise ConfigError(f"fsl.analyze: options for {unknown[0]!r}, which is not among the analyses run "
+                          f"({', '.join(names)}){closest(unknown[0], names)}")
+    if output_dir is not None:
+        check_results_folder(output_dir)
+    analyses_ = build_analyses({n: dict(options.get(n) or {}) for n in names}, shared={"pixels": pixels})
+    train_t, eval_t = as_tensors(train, "train"), as_tensors(eval, "eval")
+    if not isinstance(model, FeatureClassifier):
+        from fsl.models.wrap import wrap
+
+        model = wrap(model, data=train_t[0][:64].to(next(iter(model.parameters())).device))
+    ctx = Context(model, lambda split: train_t if split == "train" else eval_t, eval_split="test", seed=seed,
+                  n_train=n_train, n_eval=n_eval, batch_size=batch_size, device=device, class_names=class_names,
+                  data_name=data_name, progress=progress)
+    out = None
+    if output_dir is not None:
+        from fsl.tracking.provenance import provenance
+
+        out = ResultsDir(output_dir, staged=True, meta={"model": type(model).__name__, **provenance()})
+    metrics, done = collect(analyses_, ctx, out)
+    title = f"fsl analysis: {type(getattr(model, 'model', model)).__name__} on {data_name or 'the given data'}"
+    source = f"Model: `{type(getattr(model, 'model', model)).__name__}`"
+    files: list[Path] = []
+    if out is not None:
+        files = write_results(out, ctx, metrics, done, title, source, t0)
+    else:
+        metrics["analyze/seconds"] = time.time() - t0
+    figures = {f"{a.prefix}/{k}": fig for a, res, _ in done for k, fig in res.figures.items()}
+    return AnalysisReport(metrics=metrics, per_sample=per_sample_columns(done) if done else {}, figures=figures,
+                          report=render_report(title, source, ctx, metrics, done),
+                          results_dir=None if out is None else out.root, files=files)
