@@ -29,8 +29,11 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def checkpoint_run_name(ckpt_path: str) -> str:
-    """A results-folder name for a checkpoint: ``<run folder>-<checkpoint stem>``."""
+def checkpoint_run_name(ckpt_path: str | None, target: str | None = None) -> str:
+    """A results-folder name for a checkpoint: ``<run folder>-<checkpoint stem>``; without one, for a
+    user model ``model.target``: ``<module>-<callable>``."""
+    if ckpt_path in (None, "", "None") and target:
+        return str(target).replace(":", "-").replace("/", "_")
     p = Path(str(ckpt_path))
     run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
     return f"{run}-{p.stem}" if run else p.stem

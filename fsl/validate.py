@@ -65,8 +65,19 @@ def validate_train_config(cfg) -> None:
 def validate_analyze_config(cfg) -> None:
     """Check the sizes and names of a composed ``analyze`` config (ConfigError listing every problem)."""
     p: list[str] = []
-    if not _get(cfg, "ckpt_path"):
-        p.append("ckpt_path is not set: pass ckpt_path=outputs/train/<run>/checkpoints/last.ckpt")
+    target = _get(cfg, "model.target")
+    if not _get(cfg, "ckpt_path") and not target:
+        p.append("ckpt_path is not set: pass ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or a model of "
+                 "your own: model.target=<module>:<callable> model.weights=<file> data.name=<data set>")
+    if target:
+        if _get(cfg, "ckpt_path"):
+            p.append("ckpt_path and model.target are both set: an fsl checkpoint or a user model, not both")
+        if not _get(cfg, "model.weights"):
+            p.append("model.weights is not set: pass model.weights=<state_dict .pt/.pth or Lightning .ckpt> "
+                     "(model.weights=random: the untrained model)")
+        if not _get(cfg, "data.name") and not _get(cfg, "data.target"):
+            p.append("model.target needs data: data.name=<fsl data set> (configs/data/) or "
+                     "data.target=<module>:<callable> returning a LightningDataModule")
     _positive(p, cfg, "batch_size")
     for key in ("n_train", "n_eval"):
         _positive(p, cfg, key, allow_none=True)

@@ -92,8 +92,11 @@ def checkpoint_context(cfg) -> tuple[torch.nn.Module, dict, Context]:
     from fsl.training.checkpoint import load_model
 
     device = _device(cfg.get("device", "auto"))
+    if (cfg.get("model") or {}).get("target"):
+        return user_model_context(cfg, device)
     model, hp = load_model(cfg.ckpt_path, expected_model=cfg.get("expected_model"), map_location=device)
-    data_spec = {**hp["data"], **{k: v for k, v in (cfg.get("data") or {}).items() if v is not None}}
+    data_spec = {**hp["data"], **{k: v for k, v in (cfg.get("data") or {}).items()
+                                  if v is not None and k not in ("target", "kwargs")}}
     if data_spec.get("val_size") == 0:  # trained before validation splits existed
         log.warning("this checkpoint was trained with data.val_size=0: it was selected on the test split, so its "
                     "test numbers are biased; retrain it (validation is now held out of the training data)")
@@ -105,6 +108,42 @@ def checkpoint_context(cfg) -> tuple[torch.nn.Module, dict, Context]:
                                   batch_size=int(cfg.get("batch_size", 1000)), device=device, progress=True,
                                   data_name=hp["data"]["name"])
     return model, hp, ctx
+
+
+def user_model_context(cfg, device: torch.device) -> tuple[torch.nn.Module, dict, Context]:
+    """:func:`checkpoint_context` for a model fsl did not train: ``cfg.model.target(**kwargs)`` with
+    ``cfg.model.weights`` (:func:`fsl.models.user.build_user_model`), wrapped with
+    :func:`fsl.models.wrap.wrap` (``cfg.model.wrap`` options, checked on training images), over an fsl
+    data set (``cfg.data.name``) or a user's LightningDataModule (``cfg.data.target(**kwargs)``: its
+    train and test dataloaders)."""
+    from fsl.configfiles import to_plain
+    from fsl.models.user import build_user_model, import_target
+    from fsl.models.wrap import wrap
+
+    mcfg, dcfg = to_plain(cfg.model), to_plain(cfg.get("data") or {})
+    model = build_user_model(mcfg["target"], mcfg.get("kwargs"), mcfg.get("weights"), map_location=device)
+    if dcfg.get("target"):
+        dm = import_target(dcfg["target"], "data.target")(**dict(dcfg.get("kwargs") or {}))
+        for stage in ("fit", "test"):
+            if hasattr(dm, "setup"):
+                dm.setup(stage)
+        data = {"train": as_tensors(dm.train_dataloader(), "data.target train_dataloader()"),
+                "test": as_tensors(dm.test_dataloader(), "data.target test_dataloader()")}
+        tensors, data_name, class_names = (lambda split: data["train"] if split == "train" else data["test"]), \
+            dcfg["target"], getattr(dm, "class_names", None)
+    else:
+        from fsl.data import create_datamodule
+
+        spec = {k: v for k, v in dcfg.items() if v is not None and k not in ("target", "kwargs")}
+        dm = create_datamodule(**spec)
+        dm.setup()
+        tensors, data_name, class_names = dm.tensors, spec["name"], getattr(dm, "class_names", None)
+    net = wrap(model, data=tensors("train")[0][:64].to(device), **dict(mcfg.get("wrap") or {}))
+    ctx = Context(net, tensors, eval_split="test", seed=int(cfg.get("seed", 0)), n_train=cfg.get("n_train"),
+                  n_eval=cfg.get("n_eval"), batch_size=int(cfg.get("batch_size", 1000)), device=device,
+                  progress=True, class_names=class_names, data_name=data_name)
+    hp = {"model": {"name": mcfg["target"]}, "data": {"name": data_name}}
+    return net, hp, ctx
 
 
 def analyze(cfg) -> AnalysisResult:
@@ -120,11 +159,15 @@ def analyze(cfg) -> AnalysisResult:
     analyses = build_analyses(cfg.get("analysis"), shared={"pixels": cfg.get("pixels")})
     model, hp, ctx = checkpoint_context(cfg)
     # fsl's own files are replaced when everything is written
-    out = ResultsDir(cfg.output_dir, staged=True,
-                     meta={"checkpoint": {"path": str(cfg.ckpt_path), "sha256": sha256(cfg.ckpt_path)}, **provenance()})
+    weights = cfg.ckpt_path or (cfg.get("model") or {}).get("weights")
+    source = {"path": str(weights), "sha256": sha256(weights) if weights and weights != "random" else None}
+    if not cfg.ckpt_path:
+        source["target"] = cfg.model.target
+    out = ResultsDir(cfg.output_dir, staged=True, meta={"checkpoint": source, **provenance()})
     metrics, done = collect(analyses, ctx, out)
     title = f"fsl analysis: {hp['model']['name']} on {hp['data']['name']}"
-    written = write_results(out, ctx, metrics, done, title, f"Checkpoint: `{cfg.ckpt_path}`", t0)
+    what = f"Checkpoint: `{cfg.ckpt_path}`" if cfg.ckpt_path else f"Model: `{cfg.model.target}`, weights `{weights}`"
+    written = write_results(out, ctx, metrics, done, title, what, t0)
     _log_wandb(cfg, metrics, done, out)
     return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
 
