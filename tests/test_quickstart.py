@@ -33,3 +33,18 @@ def test_quickstart_is_twenty_lines_of_user_code():
     src = _example("resnet")
     fsl_lines = [ln for ln in src.splitlines() if "fsl." in ln]
     assert 1 <= len(fsl_lines) <= 4 and len(src.splitlines()) <= 40
+
+
+def test_readme_library_snippet_runs():
+    """README's "The library" snippet, with a tiny model and random images for its free names."""
+    import torch
+    from torch import nn
+
+    readme = (DOC.parents[1] / "README.md").read_text()
+    src = re.search(r"### The library.*?```python\n(.*?)```", readme, re.S).group(1)
+    torch.manual_seed(0)
+    ns = {"model": nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)).eval(),
+          "train_images": torch.rand(30, 3, 4, 4), "test_images": torch.rand(5, 3, 4, 4)}
+    exec(compile(src, "README.md[library]", "exec"), ns)
+    assert ns["r"].margin.shape == (5,) and bool((ns["r"].margin > 0).all())
+    assert ns["h"].distance.shape == (5,) and ns["n_in"].shape == (30,)
