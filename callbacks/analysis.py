@@ -54,8 +54,9 @@ class AnalysisCallback(pl.Callback):
             analyses = {name: {} for name in analyses}
         spec = to_plain(analyses) if analyses is not None else {}
         self.analyses = build_analyses(spec, shared={"pixels": pixels} if pixels is not None else None)
-        self.every = {a.name: int((spec.get(a.name) or {}).get("every_n_epochs", analysis_defaults(a.name).get(
-            "every_n_epochs", 1) or 0)) for a in self.analyses}
+        # each analysis' schedule: the options given, else its yaml (analyses given by name)
+        self.every = {a.name: int({"every_n_epochs": 1, **analysis_defaults(a.name), **(spec.get(a.name) or {})}
+                                  ["every_n_epochs"]) for a in self.analyses}
         self.seed, self.n_train, self.n_eval = int(seed), n_train, n_eval
         self.batch_size, self.log_media = int(batch_size), bool(log_media)
         self.model, self._given = model, {"train": train, "val": val}

@@ -167,7 +167,8 @@ def analyze(cfg) -> AnalysisResult:
     metrics, done = collect(analyses, ctx, out)
     title = f"fsl analysis: {hp['model']['name']} on {hp['data']['name']}"
     what = f"Checkpoint: `{cfg.ckpt_path}`" if cfg.ckpt_path else f"Model: `{cfg.model.target}`, weights `{weights}`"
-    written = write_results(out, ctx, metrics, done, title, what, t0)
+    report = render_report(title, what, ctx, metrics, done)
+    written = write_results(out, metrics, done, per_sample_columns(done) if done else {}, report, t0)
     _log_wandb(cfg, metrics, done, out)
     return AnalysisResult(metrics=metrics, results_dir=out.root, files=written)
 
@@ -191,12 +192,13 @@ def collect(analyses: Iterable[Analysis], ctx: Context, out: ResultsDir | None =
     return metrics, done
 
 
-def write_results(out: ResultsDir, ctx: Context, metrics: dict, done: list, title: str, source: str,
+def write_results(out: ResultsDir, metrics: dict, done: list, per_sample: dict, report: str,
                   t0: float) -> list[Path]:
-    """Write ``per_sample.csv``, ``report.md`` and ``metrics.json`` (with ``analyze/seconds`` since
-    ``t0``) beside the figures and commit the folder; the final paths of every file written."""
-    written = [out.write_csv("per_sample.csv", per_sample_columns(done))] if done else []
-    written.append(out.write_text("report.md", render_report(title, source, ctx, metrics, done)))
+    """Write ``per_sample.csv`` (when an analysis ran), ``report.md`` and ``metrics.json`` (with
+    ``analyze/seconds`` since ``t0``) beside the figures and commit the folder; the final paths of
+    every file written."""
+    written = [out.write_csv("per_sample.csv", per_sample)] if done else []
+    written.append(out.write_text("report.md", report))
     metrics["analyze/seconds"] = time.time() - t0
     written.append(out.write_json("metrics.json", metrics))
     written += [p for _, _, files in done for p in files.values()]
@@ -349,14 +351,15 @@ def analyze_model(model: torch.nn.Module, train, eval, analyses: Iterable[str] |
 
         out = ResultsDir(output_dir, staged=True, meta={"model": type(model).__name__, **provenance()})
     metrics, done = collect(analyses_, ctx, out)
-    title = f"fsl analysis: {type(getattr(model, 'model', model)).__name__} on {data_name or 'the given data'}"
-    source = f"Model: `{type(getattr(model, 'model', model)).__name__}`"
+    name = type(getattr(model, "model", model)).__name__  # the user's class, not the wrapper
+    report = render_report(f"fsl analysis: {name} on {data_name or 'the given data'}", f"Model: `{name}`", ctx,
+                           metrics, done)
+    per_sample = per_sample_columns(done) if done else {}
     files: list[Path] = []
     if out is not None:
-        files = write_results(out, ctx, metrics, done, title, source, t0)
+        files = write_results(out, metrics, done, per_sample, report, t0)
     else:
         metrics["analyze/seconds"] = time.time() - t0
     figures = {f"{a.prefix}/{k}": fig for a, res, _ in done for k, fig in res.figures.items()}
-    return AnalysisReport(metrics=metrics, per_sample=per_sample_columns(done) if done else {}, figures=figures,
-                          report=render_report(title, source, ctx, metrics, done),
+    return AnalysisReport(metrics=metrics, per_sample=per_sample, figures=figures, report=report,
                           results_dir=None if out is None else out.root, files=files)

@@ -163,29 +163,18 @@ def _default_layers(model: nn.Module, head_name: str) -> list[str]:
     return [n for n, m in names.items() if n != head_top and any(True for _ in m.parameters())]
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[str], list[nn.Module], dict[str, torch.Tensor]]:
-    """Names of the Linear modules in execution order, the leaf modules in execution order, and the
-    input of every Linear (last call)."""
-    names = {m: n for n, m in model.named_modules()}
-    linears: list[str] = []
+def _trace(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The leaf modules of ``model`` in the order ``model(x)`` executes them (one entry per call)."""
     executed: list[nn.Module] = []
-    inputs: dict[str, torch.Tensor] = {}
-
-    def hook(m, args):
-        executed.append(m)
-        if isinstance(m, nn.Linear):
-            linears.append(names[m])
-            inputs[names[m]] = args[0]
-
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    hooks = [m.register_forward_pre_hook(hook) for m in leaves]
+    hooks = [m.register_forward_pre_hook(lambda m, _args: executed.append(m)) for m in leaves]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    return linears, executed, inputs
+    return executed
 
 
 def wrap(model: nn.Module, head: str | nn.Linear | None = None, domain=None, feature_layers: Sequence[str] | None = None,
@@ -248,9 +237,8 @@ def wrap(model: nn.Module, head: str | nn.Linear | None = None, domain=None, fea
     was = model.training
     model.eval()
     try:
-        linears, executed = [], []
-        if x is not None:
-            linears, executed, _ = _trace(model, normalize(x) if normalize is not None else x)
+        executed = _trace(model, normalize(x) if normalize is not None else x) if x is not None else []
+        linears = [names[m] for m in executed if isinstance(m, nn.Linear)]
         if isinstance(head, nn.Module):
             if head not in names:
                 raise ConfigError("wrap: the head module given is not a submodule of the model")
@@ -267,10 +255,8 @@ def wrap(model: nn.Module, head: str | nn.Linear | None = None, domain=None, fea
         try:
             head_mod = model.get_submodule(head)
         except AttributeError:
-            linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            from fsl.registry import closest
-
-            raise ConfigError(f"wrap: the model has no module {head!r}{closest(head, linear_names)}") from None
+            raise ConfigError(f"wrap: the model has no module {head!r}{_closest_module(model, head, nn.Linear)}") \
+                from None
         if not isinstance(head_mod, nn.Linear):
             raise ConfigError(f"wrap: {head!r} is a {type(head_mod).__name__}, not an nn.Linear")
         if domain is None:
@@ -297,10 +283,11 @@ def wrap(model: nn.Module, head: str | nn.Linear | None = None, domain=None, fea
     return net.train(was)  # the wrapper's mode is the model's (so restoring one restores the other)
 
 
-def _closest_module(model: nn.Module, name: str) -> str:
+def _closest_module(model: nn.Module, name: str, kind: type = nn.Module) -> str:
+    """The "did you mean" hint for ``name`` among ``model``'s submodules of type ``kind``."""
     from fsl.registry import closest
 
-    return closest(name, [n for n, _ in model.named_modules() if n])
+    return closest(name, [n for n, m in model.named_modules() if n and isinstance(m, kind)])
 
 
 def _check(net: WrappedClassifier, x: torch.Tensor, atol: float) -> None:

@@ -9,7 +9,6 @@ returned images).
 """
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import torch
@@ -79,13 +78,6 @@ def train_rows(run, n: int) -> torch.Tensor:
 def model_device(model) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def fmt(v, spec=".3g") -> str:
-    """``n/a`` for None and non-finite values, else ``format(v, spec)``."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
 
 
 class Figures:

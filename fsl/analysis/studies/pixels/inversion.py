@@ -12,7 +12,7 @@ import torch
 
 from fsl.analysis.base import register_analysis
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device, pixel_options
-from fsl.analysis.studies.pixels.base import fmt as _fmt
+from fsl.analysis.report import fmt as _fmt
 
 
 def _sync(dev: torch.device) -> None:
@@ -365,12 +365,12 @@ class InversionStudy(PixelStudy):
                          f"{int(mm[p + '/stationary'])} | {int(mm[p + '/not_converged'])} | "
                          f"{_fmt(mm[p + '/residual_mean'], '.2e')} | "
                          f"{_fmt(mm[p + '/residual_median'], '.2e')} | {_fmt(mm[p + '/residual_max'], '.2e')} | "
-                         f"{_fmt(mm[p + '/distance_mean'])} | {_fmt(mm[p + '/seconds_per_batch'], '.2f')} |")
+                         f"{_fmt(mm[p + '/distance_mean'], '.3g')} | {_fmt(mm[p + '/seconds_per_batch'], '.2f')} |")
         if "inversion/perimeter/success_rate" in metrics:
             lines.append(f"| perimeter of B(x) (figure samples, all references) | {int(metrics['inversion/perimeter/n'])} | "
                          f"{_fmt(metrics['inversion/perimeter/success_rate'], '.1%')} | | | | "
                          f"{_fmt(metrics['inversion/perimeter/residual_mean'], '.2e')} | | | "
-                         f"{_fmt(metrics['inversion/perimeter/distance_mean'])} | |")
+                         f"{_fmt(metrics['inversion/perimeter/distance_mean'], '.3g')} | |")
         lines += ["", "Misses: *proven unreachable* = a certified interval-bound lower bound on the residual over the "
                   "whole box is above the tolerance; *stationary* = the box-constrained Gauss-Newton model at the "
                   "returned image cannot remove 10% of the residual (a local obstruction); *not converged* = it still "
