@@ -114,6 +114,7 @@ def test_analysis_example(registries):
     run_example("analysis")
     _, cfg = blocks("analysis")
     from fsl.analysis import Context, build_analyses, flat_metrics, run_analyses
+    from fsl.analysis.metric_docs import analysis_docs, match
     from fsl.analysis.run import wandb_media
 
     x, y = data(60)
@@ -130,6 +131,7 @@ def test_analysis_example(registries):
     assert res.metrics["margin_over_norm/median"] == pytest.approx(float((margins / norms).median()))
     flat = flat_metrics(analyses[1], res)
     assert set(flat) == {"norms/feature/median", "norms/head/max_row", "norms/margin_over_norm/median", "norms/seconds"}
+    assert all(match(key, list(analysis_docs(type(analyses[1])))) for key in flat)  # each key has a MetricDoc
     media = wandb_media(analyses[1], res)
     assert set(media) == {"norms/hist", "norms/feature_hist"}
     assert res.figures["hist"].file == "feature_norms" and len(res.per_sample["feature_norm"]) == 30
@@ -143,6 +145,7 @@ def test_pixel_study_example(registries, tmp_path, monkeypatch):
 
     import fsl.configfiles
     from fsl.analysis import Context, build_analyses, default_analyses, flat_metrics, run_analyses
+    from fsl.analysis.metric_docs import analysis_docs, match
     from fsl.config import with_default_analyses
 
     model = tiny_model()
@@ -173,6 +176,7 @@ def test_pixel_study_example(registries, tmp_path, monkeypatch):
     assert res.metrics["noise/relative_change_median"] == pytest.approx(want) and want > 0
     assert set(flat_metrics(study, res)) == {"pixels/noise/n", "pixels/noise/relative_change_median",
                                              "pixels/studies/noise/seconds"}
+    assert all(match(key, list(analysis_docs(type(study)))) for key in flat_metrics(study, res))
     assert res.figures["noise"].file == "pixels_noise" and res.report[0].startswith("- pixel noise of sigma 0.05")
     assert study.section_intro(ctx)[0] == "## From feature space back to pixels"
     ANALYSES.unregister("noise")

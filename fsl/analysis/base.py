@@ -3,11 +3,13 @@
 
 An analysis is a small class with a ``name`` (its config file ``configs/analysis/<name>.yaml`` and
 registry key), a ``prefix`` (its W&B / ``metrics.json`` namespace), the analyses it ``requires``
-(run first, error if absent) or ``uses`` (run first when present), and one method::
+(run first, error if absent) or ``uses`` (run first when present), what its metric keys mean
+(``metric_docs``, rendered into docs/metrics.md) and one method::
 
     @register_analysis("my_study")
     class MyStudy(Analysis):
         prefix = "my"
+        metric_docs = (MetricDoc("margin/median", "median margin `d_min`", "feature-space L2 distance"),)
         def compute(self, ctx: Context) -> Result: ...
 
 The options of ``configs/analysis/<name>.yaml`` are its keyword arguments (that file is the only
@@ -28,6 +30,7 @@ from fsl.registry import Registry
 
 if TYPE_CHECKING:
     from fsl.analysis.context import Context
+    from fsl.analysis.metric_docs import MetricDoc
 
 Tensor = torch.Tensor
 
@@ -92,6 +95,9 @@ class Analysis:
     sizes: ClassVar[tuple[str, ...]] = ("n_train", "n_eval")
     #: integer options with their smallest valid value (not null)
     minimums: ClassVar[dict[str, int]] = {"every_n_epochs": 0}
+    #: every key of ``Result.metrics`` (patterns relative to ``prefix``): meaning and unit, rendered
+    #: into docs/metrics.md (the wall time ``seconds_key`` is added there)
+    metric_docs: ClassVar[tuple["MetricDoc", ...]] = ()
 
     def __init__(self, **options):
         self.options = dict(options)

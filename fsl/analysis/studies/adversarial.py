@@ -10,7 +10,77 @@ from tqdm.auto import tqdm
 
 from fsl.analysis.base import Analysis, Figure, Result, register_analysis
 from fsl.analysis.distributed import gather_cat
+from fsl.analysis.metric_docs import FEATURE_L2, FRACTION, PIXEL_L2, MetricDoc
 from fsl.analysis.report import fmt
+
+#: the ranking metrics of every detector (fsl.adversarial.metrics.detection_table): meaning, unit
+RANKING = {
+    "auroc": ("area under the exact ROC curve of the detector's score (higher = adversarial), successful "
+              "adversarial examples (positives) against all attacked clean samples (negatives); 0.5 = chance",
+              FRACTION),
+    "aupr_out": ("average precision (exact, step-wise) with the adversarial examples as the positive class",
+                 FRACTION),
+    "aupr_in": ("average precision with the clean samples as the positive class (scores negated)",
+                FRACTION),
+    "fpr95": ("false-positive rate at 95% true-positive rate: the smallest fraction of clean samples flagged over "
+              "the ROC points that flag at least 95% of the adversarial examples", FRACTION),
+    "tpr5": ("true-positive rate at 5% false-positive rate: fraction of the adversarial examples above the "
+             "threshold `threshold/<detector>`", FRACTION),
+}
+
+
+def _mean_median(key: str, what: str, unit: str = FEATURE_L2) -> tuple[MetricDoc, ...]:
+    """The ``mean`` and ``median`` keys of :func:`fsl.adversarial.evaluate.feature_space_summary`."""
+    return (MetricDoc(f"<attack>/{key}/mean", f"mean of {what}, over its finite values", unit),
+            MetricDoc(f"<attack>/{key}/median", f"median of {what}, over its finite values (NumPy: the mean of the "
+                      "two middle values for an even count)", unit))
+
+
+def adversarial_docs() -> tuple[MetricDoc, ...]:
+    """The keys of one attack, ``adv/<attack>/...`` (:func:`fsl.adversarial.evaluate.summarize_attack`)."""
+    succ = "the successful adversarial examples'"
+    return (
+        MetricDoc("<attack>/n_attacked", "correctly classified evaluation samples attacked (`n_samples` of them, a "
+                  "seeded draw stratified by class; 0 or null: all)", "count"),
+        MetricDoc("<attack>/n_success", "successful adversarial examples: misclassified, with a logit gap above float "
+                  "noise, and finite", "count"),
+        MetricDoc("<attack>/success_rate", "`n_success / n_attacked`", FRACTION),
+        MetricDoc("<attack>/n_nonfinite", "attacked samples whose adversarial image is not finite (never successes)",
+                  "count"),
+        *_mean_median("l2", f"{succ} perturbation norm `‖x_adv - x‖_2`", PIXEL_L2),
+        *_mean_median("linf", f"{succ} perturbation `max |x_adv - x|`", "pixel Linf"),
+        MetricDoc("<attack>/gap/median", f"median of {succ} logit gap `max_(k != y) z_k - z_y` on the adversarial "
+                  "image (NumPy median)", "logits"),
+        *_mean_median("margin", f"{succ} margin `d_min`"),
+        *_mean_median("hull", f"{succ} distance `d_h` to the training features' hull"),
+        *_mean_median("ambiguity", f"{succ} ambiguity `d_min - d_h`", "feature-space L2 distance, signed"),
+        *_mean_median("clean_margin", "the margin `d_min` of the clean originals of the successful examples"),
+        *_mean_median("clean_hull", "the hull distance `d_h` of the clean originals of the successful examples"),
+        MetricDoc("<attack>/frac_margin_lt_hull", "fraction of the successful adversarial examples closer to a "
+                  "decision boundary than to the training hull (`d_min < d_h`; NaN without successes)",
+                  FRACTION),
+        MetricDoc("<attack>/frac_hull_shrank", "fraction of the successful adversarial examples closer to the training "
+                  "hull than their clean original (`d_h(adv) < d_h(clean)`; NaN without successes)",
+                  FRACTION),
+        MetricDoc("<attack>/n_nan/clean", "attacked clean samples left out of every detector's metrics because one of "
+                  "their scores is NaN", "count"),
+        MetricDoc("<attack>/n_nan/adv", "successful adversarial examples left out of every detector's metrics because "
+                  "one of their scores is NaN", "count"),
+        *(MetricDoc(f"<attack>/{key}/<detector>", meaning, unit) for key, (meaning, unit) in RANKING.items()),
+        *(MetricDoc(f"<attack>/{key}_<bound>/<detector>", f"the `<bound>` end of the 95% percentile "
+                  f"bootstrap interval of `{key}/<detector>` (with `n_boot > 0`)", unit)
+          for key, (_, unit) in RANKING.items()),
+        MetricDoc("<attack>/threshold/<detector>", "the threshold `tau` of `tpr5`: the lowest score such that flagging "
+                  "`score > tau` flags at most 5% of the clean samples", "the detector's score (higher = adversarial; "
+                  "e.g. `-d_min` for `margin`, `d_h - d_min` for `ambiguity`)"),
+        MetricDoc("<attack>/rule/train_margin_threshold", "the margin rule of Yousefzadeh (arXiv 2202.04052, section "
+                  "7.2): the smallest margin `d_min` of the clean training samples", FEATURE_L2),
+        MetricDoc("<attack>/rule/train_margin_caught", "fraction of the successful adversarial examples whose margin "
+                  "is below `rule/train_margin_threshold`", FRACTION),
+        MetricDoc("<attack>/rule/train_margin_fpr", "fraction of the attacked clean samples whose margin is below "
+                  "`rule/train_margin_threshold` (the rule's false positives)", FRACTION),
+        MetricDoc("<attack>/seconds", "wall time of the attack itself (summed over this process' chunks)", "seconds"),
+    )
 
 
 def resolve_suite(attacks, only, data_name: str) -> dict[str, dict]:
@@ -45,6 +115,7 @@ class AdversarialAnalysis(Analysis):
 
     prefix = "adv"
     sizes = Analysis.sizes + ("n_samples",)
+    metric_docs = adversarial_docs()
     minimums = {**Analysis.minimums, "batch_size": 1, "knn_k": 1, "n_boot": 0}
 
     @classmethod

@@ -10,12 +10,32 @@ from collections import defaultdict
 import torch
 
 from fsl.analysis.base import Analysis, Figure, Result, Table, register_analysis
+from fsl.analysis.metric_docs import FRACTION, RATIO, MetricDoc
 from fsl.analysis.report import fmt
 from fsl.errors import FslError
 
 KIND_NAMES = {"conv": "deterministic", "flow": "probabilistic", "inversion": "optimisation inversion"}
 COLUMNS = ("ssim", "psnr", "cosine", "top1_pred", "top1_label", "residual_median", "diversity", "success_rate",
            "seconds_per_image")
+
+
+#: the scores of one way back to the image (``MethodResult.summary``): name, meaning, unit
+SCORES = (
+    ("ssim", "mean SSIM of the reconstructions against the images (torchmetrics, data range 1)", "SSIM in [-1, 1]"),
+    ("psnr", "mean PSNR of the reconstructions against the images (data range 1)", "dB"),
+    ("cosine", "median over the images of the re-encoded cosine (the reconstruction's `<layer>` features vs the "
+               "image's: median over positions of the cosine over channels)", "cosine in [-1, 1]"),
+    ("top1_pred", "fraction of the reconstructions the classifier assigns the class it assigns the image",
+     FRACTION),
+    ("top1_label", "fraction of the reconstructions the classifier assigns the image's true label",
+     FRACTION),
+    ("residual_median", "median over the images of the relative feature residual at the layer, "
+                        "`‖N_l(x_hat) - N_l(x)‖ / ‖N_l(x)‖`", RATIO),
+    ("seconds_per_image", "wall time of producing the reconstructions (decoders: encoding and decoding; inversion: "
+                          "the solver), divided by their number", "seconds"),
+)
+DIVERSITY = ("mean over the first `n_compare` images of the per-pixel standard deviation over `samples` "
+             "flow samples (mean over pixels)", "pixel value (images in [0, 1])")
 
 
 def load_decoders(paths, model, device="cpu") -> list:
@@ -52,6 +72,18 @@ class FeatInvAnalysis(Analysis):
 
     prefix = "featinv"
     sizes = Analysis.sizes + ("n_figure",)
+    metric_docs = (
+        MetricDoc("n_eval", "evaluation images the decoders reconstruct", "count"),
+        MetricDoc("n_compare", "the first of them, also inverted by optimisation (stratified by class)", "count"),
+        *(MetricDoc(f"<layer>/<decoder>/{k}", f"{what}, on the `n_eval` images", unit) for k, what, unit in SCORES),
+        MetricDoc("<layer>/flow/diversity", *DIVERSITY),
+        *(MetricDoc(f"compare/<layer>/<method>/{k}", f"{what}, on the `n_compare` images", unit)
+          for k, what, unit in SCORES),
+        MetricDoc("compare/<layer>/flow/diversity", *DIVERSITY),
+        MetricDoc("compare/<layer>/inversion/success_rate", "fraction of the optimisation inversions whose relative "
+                  "feature residual is within the tolerance `inversion.tol` (measured on the returned images)",
+                  FRACTION),
+    )
     minimums = {**Analysis.minimums, "batch_size": 1}
 
     def compute(self, ctx) -> Result:

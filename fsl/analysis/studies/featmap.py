@@ -12,8 +12,54 @@ from collections import defaultdict
 import torch
 
 from fsl.analysis.base import Analysis, Figure, Result, Table, analysis_defaults, register_analysis
+from fsl.analysis.metric_docs import FRACTION, RATIO, MetricDoc
 from fsl.analysis.report import fmt
 from fsl.errors import ConfigError
+
+#: the metrics of one layer x manipulation x map (``fsl.featmap.pipeline.METRICS``): meaning, unit
+CLOSED = "closed-form maps (`linear`, `procrustes`, `global_linear`)"
+METRIC_DOCS = {
+    "cosine": ("median over the held-out images of the median over positions of the cosine (over channels) between "
+               "the mapped and the true manipulated features", "cosine in [-1, 1]"),
+    "cosine_masked": ("the same over the feature cells the manipulation touched (masks, occlusion), median over the "
+                      "images that have such cells", "cosine in [-1, 1]"),
+    "rel_error": ("median over the held-out images of `‖mapped - true‖ / ‖true‖` (whole feature map)",
+                  RATIO),
+    "top1_manip": ("fraction of the held-out images whose mapped features, through the rest of the network "
+                   "(`model.forward_from`), are classified as the manipulated image is", FRACTION),
+    "top1_orig": ("the same, classified as the original image is", FRACTION),
+    "js": ("mean over the held-out images of the Jensen-Shannon divergence between the class probabilities of the "
+           "mapped features and of the manipulated image", "nats, in [0, ln 2]"),
+    "entropy": ("mean entropy of the class probabilities of the mapped features", "nats"),
+    "entropy_true": ("mean entropy of the class probabilities of the manipulated images", "nats"),
+    "mse_decoded": ("with a FeatInv decoder for the layer: mean over `n_decode` held-out images of the per-pixel "
+                    "squared difference between the decoded mapped and the decoded true manipulated features",
+                    "squared pixel value (images in [0, 1])"),
+    "ssim_decoded": ("with a FeatInv decoder for the layer: mean SSIM (data range 1) of the decoded mapped against the "
+                     "decoded true manipulated features", "SSIM in [-1, 1]"),
+    "erank": (f"{CLOSED}: effective rank `exp(-sum p_i log p_i)`, `p_i = s_i^2 / sum s^2`, of the singular values "
+              "`s` of `W` (identity: C, rank one: 1)", "effective number of directions"),
+    "rank": (f"{CLOSED}: singular values of `W` above `rank_rtol * s_max`", "count"),
+    "spectral_norm": (f"{CLOSED}: the largest singular value of `W`", "gain (feature norm out / in)"),
+    "frobenius_norm": (f"{CLOSED}: `sqrt(sum s^2)` of `W`", "gain (feature norm out / in)"),
+    "energy_top<k>": (f"{CLOSED}: share of `sum s^2` in the `<k>` largest singular values of `W`",
+                      FRACTION),
+    "near_isometry": (f"{CLOSED}: fraction of the singular values `s_i` of `W` with `s_i / mean(s)` within 0.1 of 1 "
+                      "(1 for a scaled orthogonal map)", FRACTION),
+    "wx_share": (f"{CLOSED}: median over the held-out images of `med_p ‖W x_p‖ / med_p ‖W x_p + b‖` (medians "
+                 "over positions)", RATIO),
+    "bias_share": (f"{CLOSED}: median over the held-out images of `‖b‖ / med_p ‖W x_p + b‖`",
+                   RATIO),
+    "cos_wx_full": (f"{CLOSED}: median over the held-out images of `med_p cos(W x_p, W x_p + b)`",
+                    "cosine in [-1, 1]"),
+    "relative_bias_shift": (f"{CLOSED}: median over the held-out images of "
+                            "`(med_p ‖W x_p + b‖ - med_p ‖W x_p‖) / med_p ‖W x_p‖`",
+                            RATIO),
+    "epochs": ("trained maps (`mlp`, `cnn`, `transformer`, `transformer_nopos`): epochs trained", "count"),
+    "stopped_early": ("trained maps: 1 when early stopping (or `max_seconds`) ended the training before `max_epochs`, "
+                      "else 0", "flag, 0 or 1"),
+    "seconds": ("wall time of fitting and evaluating this map (the row)", "seconds"),
+}
 
 
 @register_analysis("featmap")
@@ -35,6 +81,12 @@ class FeatMapAnalysis(Analysis):
 
     prefix = "featmap"
     sizes = Analysis.sizes + ("n_figure",)
+    metric_docs = (
+        MetricDoc("n_train", "training images the maps are fitted on (not logged by the per-epoch run in training, "
+                  "which fits `linear` only and logs its `epoch.metrics`)", "count"),
+        MetricDoc("n_eval", "held-out evaluation images the maps are scored on", "count"),
+        *(MetricDoc(f"<layer>/<manipulation>/<map>/{k}", what, unit) for k, (what, unit) in METRIC_DOCS.items()),
+    )
     minimums = {**Analysis.minimums, "batch_size": 1}
 
     def __init__(self, **options):

@@ -10,6 +10,7 @@ import torch
 from fsl.analysis.base import Analysis, Figure, Result, Table, register_analysis
 from fsl.analysis.distributed import sharded
 from fsl.analysis.features import FeatureSet
+from fsl.analysis.metric_docs import FEATURE_L2, FRACTION, RATIO, MetricDoc
 from fsl.analysis.report import fmt
 from fsl.geometry import GeometryStudy, geometry_study
 
@@ -36,6 +37,24 @@ def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor,
                           map_rows=sharded, eval_index=evals.index)
 
 
+def described(key: str, samples: str, value: str, inf: str, unit: str = FEATURE_L2) -> tuple[MetricDoc, ...]:
+    """The keys of :func:`fsl.geometry.summary.describe`: statistics of one ``value`` per sample over
+    the ``samples``, its finite values; ``inf``: when the value is infinite."""
+    over = f"over the {samples} where it is finite"
+    return (MetricDoc(f"{key}/mean", f"mean of the {value}, {over}", unit),
+            MetricDoc(f"{key}/median", f"median of the {value}, {over} (`torch.median`: the lower middle value "
+                      "for an even count)", unit),
+            MetricDoc(f"{key}/min", f"smallest finite {value} of the {samples}", unit),
+            MetricDoc(f"{key}/max", f"largest finite {value} of the {samples}", unit),
+            MetricDoc(f"{key}/q<pct>", f"the `<pct>`-th percentile of the {value}, {over} (`torch.quantile`, "
+                      "linear interpolation)", unit),
+            MetricDoc(f"{key}/frac_inf", f"fraction of the {samples} whose {value} is infinite ({inf})",
+                      FRACTION))
+
+
+NO_BOUNDARY = "no decision boundary inside the feature domain"
+
+
 @register_analysis("geometry")
 class GeometryAnalysis(Analysis):
     """Options (``configs/analysis/geometry.yaml``): ``n_train``, ``n_eval`` (subset sizes, None =
@@ -47,6 +66,56 @@ class GeometryAnalysis(Analysis):
     """
 
     prefix = "analysis"
+    metric_docs = (
+        MetricDoc("n_eval", "evaluation samples measured (validation split in training, test split in analyze.py)",
+                  "count"),
+        MetricDoc("n_train", "training features: the points of the hull and the centres of the training balls",
+                  "count"),
+        MetricDoc("acc", "fraction of the evaluation samples the head classifies correctly", FRACTION),
+        MetricDoc("lipschitz", "sigma_max(W), the spectral norm of the head's weight: the Lipschitz constant of the "
+                  "logits as a function of the features", "logit L2 per feature-space L2 unit"),
+        *described("margin", "evaluation samples", "margin `d_min`", NO_BOUNDARY),
+        MetricDoc("margin/certified_frac", "fraction of the evaluation samples whose distances to every boundary "
+                  "carry a verified KKT or Farkas certificate", FRACTION),
+        *described("train_margin", "training samples", "margin `d_min`", NO_BOUNDARY),
+        *described("hull", "evaluation samples", "distance `d_h` to the convex hull of the training features",
+                   "never: the hull is not empty, so this is 0"),
+        MetricDoc("hull/certified_frac", "fraction of the evaluation samples whose hull distance is certified "
+                  "(Frank-Wolfe gap within the relative tolerance)", FRACTION),
+        MetricDoc("hull/frac_outside", "fraction of the evaluation samples outside the training hull (`d_h` above the "
+                  "solver's inside tolerance, about 1e-6 times the points' RMS radius)", FRACTION),
+        MetricDoc("hull/max_relative_gap", "largest relative Frank-Wolfe gap over the evaluation samples "
+                  "(`gap / max(d_h^2, (1e-3 R)^2)`, `R` the points' RMS distance to their centroid)",
+                  RATIO),
+        MetricDoc("hull/support_size_mean", "mean over the evaluation samples of the number of training points with "
+                  "positive weight in the hull projection", "count"),
+        MetricDoc("hull/support_label_agreement", "fraction of the support points, pooled over all evaluation samples, "
+                  "whose label is the sample's label", FRACTION),
+        MetricDoc("hull/support_weight_agreement", "mean over the evaluation samples of the convex weight the "
+                  "projection puts on support points of the sample's label", FRACTION),
+        MetricDoc("hull/projection_acc", "fraction of the hull projections the head classifies as the sample's true "
+                  "label (`hull_projections: true`)", FRACTION),
+        MetricDoc("hull/projection_pred_unchanged", "fraction of the hull projections the head classifies as it "
+                  "classifies the sample (`hull_projections: true`)", FRACTION),
+        MetricDoc("frac_hull_lt_margin", "fraction of the evaluation samples closer to the training hull than to any "
+                  "decision boundary (`d_h < d_min`)", FRACTION),
+        *described("ambiguity", "evaluation samples", "ambiguity `d_min - d_h`", "`d_min` infinite",
+                   "feature-space L2 distance, signed"),
+        MetricDoc("ambiguity/frac_negative", "fraction of the evaluation samples with `d_min < d_h`",
+                  FRACTION),
+        MetricDoc("ball/frac_with_other_train", "fraction of the training samples whose ball `B(x)` (radius "
+                  "`d_min(x)`, open) holds another training or evaluation sample", FRACTION),
+        MetricDoc("ball/frac_with_other_eval", "fraction of the evaluation samples whose ball `B(x)` holds another "
+                  "training or evaluation sample", FRACTION),
+        MetricDoc("ball/mean_count", "mean over all training and evaluation balls of the number of other samples "
+                  "inside", "count"),
+        MetricDoc("ball/max_count", "largest number of other samples inside one training or evaluation ball", "count"),
+        MetricDoc("ball/union_coverage", "fraction of the evaluation samples strictly inside the union of the training "
+                  "balls", FRACTION),
+        MetricDoc("closest_class/<class>", "fraction of the evaluation samples whose closest decision boundary is the "
+                  "one to class `<class>` (samples without a boundary count in the denominator only)",
+                  FRACTION),
+    )
 
     def compute(self, ctx) -> Result:
         train = ctx.train_features(self.n_train)

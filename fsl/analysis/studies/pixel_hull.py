@@ -7,6 +7,7 @@ import torch
 
 from fsl.analysis.base import Analysis, Result, register_analysis
 from fsl.analysis.features import extract_features
+from fsl.analysis.metric_docs import FRACTION, PIXEL_L2, MetricDoc
 from fsl.analysis.report import fmt
 from fsl.data.subsets import stratified_subset
 
@@ -51,6 +52,23 @@ class PixelHullAnalysis(Analysis):
 
     prefix = "pixel"
     sizes = Analysis.sizes + ("n_queries",)
+    metric_docs = (
+        MetricDoc("n_queries", "evaluation images projected onto the hull (`n_queries` of them, a seeded draw "
+                  "stratified by class; 0 or null: all)", "count"),
+        MetricDoc("n_train", "training images whose convex hull (in pixel space) they are projected onto", "count"),
+        MetricDoc("hull/distance_median", "median over the queries of their distance to the convex hull of the "
+                  "training images (`torch.median`: the lower middle value for an even count)", PIXEL_L2),
+        MetricDoc("hull/frac_outside", "fraction of the queries with a positive distance to the hull",
+                  FRACTION),
+        MetricDoc("hull/certified_frac", "fraction of the queries whose hull distance is certified (Frank-Wolfe gap "
+                  "within the relative tolerance)", FRACTION),
+        MetricDoc("hull/support_label_agreement", "fraction of the support images (positive weight in a projection), "
+                  "pooled over all queries, whose label is the query's label", FRACTION),
+        MetricDoc("hull/projection_acc", "fraction of the projections (clamped to [0, 1]) the model classifies as the "
+                  "query's true label", FRACTION),
+        MetricDoc("acc_on_queries", "fraction of the queried images themselves the model classifies correctly",
+                  FRACTION),
+    )
 
     def compute(self, ctx) -> Result:
         images, labels = ctx.eval_images(self.n_eval), ctx.labels(ctx.eval_split, self.n_eval)

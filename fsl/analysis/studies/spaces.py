@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from fsl.analysis.base import Analysis, Result, register_analysis
+from fsl.analysis.metric_docs import RATIO, MetricDoc
 from fsl.analysis.report import fmt
 
 
@@ -14,6 +15,19 @@ class SpacesAnalysis(Analysis):
     ``spaces/max_condition``; W&B histograms of the spectra (the figure of all spectra: ``signal``)."""
 
     prefix = "spaces"
+    metric_docs = (
+        MetricDoc("<module>/sigma_max", "largest singular value of the module's weight (a Conv2d kernel as the "
+                  "out x in*k*k matrix; 0 for an empty one)", "singular value of the weight"),
+        MetricDoc("<module>/sigma_min", "smallest of its min(out, in*k*k) singular values (0 for an empty weight)",
+                  "singular value of the weight"),
+        MetricDoc("<module>/rank", "numerical rank of the weight: singular values above `sigma_1 max(m, n) eps` "
+                  "(NumPy's `matrix_rank` rule, `eps` of the stored dtype)", "count"),
+        MetricDoc("<module>/condition", "`sigma_1 / sigma_r`, `r` the numerical rank (NaN for rank 0)",
+                  RATIO),
+        MetricDoc("n_layers", "Linear and Conv2d modules of the model", "count"),
+        MetricDoc("max_condition", "largest finite `condition` over those modules (NaN if none)",
+                  RATIO),
+    )
 
     def compute(self, ctx) -> Result:
         from fsl.spaces import layer_spectra

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fsl.analysis.base import register_analysis
+from fsl.analysis.metric_docs import MetricDoc
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device, selu_skip, train_rows
 
 
@@ -12,6 +13,15 @@ class IdealStudy(PixelStudy):
     ``invertible_selu = True``."""
 
     sizes = PixelStudy.sizes + ("n_ideal",)
+    metric_docs = (
+        MetricDoc("studies/ideal/skipped", "1 when the model is not an invertible SELU net and the study did not run",
+                  "flag, 1"),
+        MetricDoc("ideal/<init>/distance_before_mean", "mean over the classes of the distance `‖model(x) - ideal_c‖` "
+                  "of the start image to the class's ideal output (over `n_ideal` training images: the maximum of "
+                  "output c, the minimum of the others)", "logit L2"),
+        MetricDoc("ideal/<init>/distance_after_mean", "the same after `ideal_steps` projected-Adam refinement steps "
+                  "(the best iterate)", "logit L2"),
+    )
 
     def compute(self, ctx):
         reason = selu_skip(ctx, "ideal-output inputs")

@@ -12,6 +12,7 @@ import torch
 
 from fsl.analysis.base import register_analysis
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device, pixel_options
+from fsl.analysis.studies.pixels.inversion_metrics import INVERSION_METRIC_DOCS
 from fsl.analysis.report import fmt as _fmt
 
 
@@ -300,6 +301,7 @@ def measure_inversions(model, images: torch.Tensor, features: torch.Tensor, trai
 class InversionStudy(PixelStudy):
     """Images of the closest flip points (paper Fig. 3), hull projections (Fig. 5) and ball
     perimeters (Fig. 7); success rate, residuals and seconds per batch on ``n_measure`` samples."""
+    metric_docs = INVERSION_METRIC_DOCS
 
     def compute(self, ctx):
         run = self.begin(ctx)

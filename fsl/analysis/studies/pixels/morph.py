@@ -4,6 +4,7 @@ equidistant projection (Figures 9, 12)."""
 from __future__ import annotations
 
 from fsl.analysis.base import register_analysis
+from fsl.analysis.metric_docs import FEATURE_L2, FRACTION, PIXEL_L2, RATIO, MetricDoc
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device
 from fsl.analysis.studies.pixels.inversion import invert_kw
 
@@ -20,6 +21,22 @@ def _pick_pair(run):
 class MorphStudy(PixelStudy):
     """Morphing a -> b by shrinking a ball around N(b) (Fig. 8); feature-space paths of the morph and
     of the straight pixel line (Figs. 9, 12)."""
+    metric_docs = (
+        MetricDoc("morph/n_steps", "radii of the morph, from `‖N(a) - N(b)‖` down to 0 (`morph_steps`); a = the first "
+                  "selected test image, b = the first later one of another label", "count"),
+        MetricDoc("morph/success_rate", "fraction of the radii whose inversion (the image closest to a with "
+                  "`‖N(x) - N(b)‖ <= r`) meets the tolerance", FRACTION),
+        MetricDoc("morph/feature_distance_ab", "`‖N(a) - N(b)‖`", FEATURE_L2),
+        MetricDoc("morph/pixel_distance_ab", "`‖a - b‖`", PIXEL_L2),
+        MetricDoc("morph/final_pixel_distance_to_a", "`‖x - a‖` of the last image of the morph (radius 0: "
+                  "`N(x) = N(b)`)", PIXEL_L2),
+        MetricDoc("morph/final_feature_distance", "`‖N(x) - N(b)‖` that last image reaches",
+                  FEATURE_L2),
+        MetricDoc("morph/pixel_line_length", "length in feature space of the image of the straight pixel line from a "
+                  "to b (polygon through `path_points` points)", FEATURE_L2),
+        MetricDoc("morph/pixel_line_length_ratio", "`pixel_line_length / feature_distance_ab` (at least 1)",
+                  RATIO),
+    )
 
     def compute(self, ctx):
         run = self.begin(ctx)

@@ -8,6 +8,7 @@ import copy
 import torch
 
 from fsl.analysis.base import register_analysis
+from fsl.analysis.metric_docs import FEATURE_L2, FRACTION, PIXEL_L2, RATIO, MetricDoc
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device
 
 
@@ -15,6 +16,29 @@ from fsl.analysis.studies.pixels.base import PixelStudy, model_device
 class PreimageStudy(PixelStudy):
     """Level-set walk on N(x) = N(x0) and the step response along null-space vs random directions
     (Jacobian preimages of latent vectors)."""
+    metric_docs = (
+        MetricDoc("preimage/walk_on_set_frac", "fraction of the steps of the level-set walks on `N(x) = N(x0)` (the "
+                  "first `n_figure` selected test images, `walk_steps` steps each) that end within the tolerance",
+                  FRACTION),
+        MetricDoc("preimage/walk_residual_max", "largest relative residual `‖N(x_t) - N(x0)‖ / ‖N(x0)‖` after the "
+                  "projection back onto the level set", RATIO),
+        MetricDoc("preimage/walk_first_order_residual_mean", "mean relative residual after the null-space step, "
+                  "before the projection", RATIO),
+        MetricDoc("preimage/walk_final_distance_mean", "mean over the walks of the final distance `‖x_T - x0‖`",
+                  PIXEL_L2),
+        MetricDoc("preimage/step_max", "the largest step size `h` of the step response (`step_sizes`; unit "
+                  "directions)", PIXEL_L2),
+        MetricDoc("preimage/null_slope", "median over the images of the log-log slope of `‖N(x0 + h d) - N(x0)‖` vs "
+                  "`h` along null-space directions `d` (median over directions; about 2: second order)",
+                  "slope (dimensionless)"),
+        MetricDoc("preimage/random_slope", "the same along random unit directions (about 1)", "slope (dimensionless)"),
+        MetricDoc("preimage/null_first_order_at_hmax", "mean over images and null-space directions of the first-order "
+                  "change `‖J (h d)‖` at `h = step_max` (about 0)", FEATURE_L2),
+        MetricDoc("preimage/null_actual_at_hmax", "mean over images and null-space directions of "
+                  "`‖N(x0 + h d) - N(x0)‖` at `h = step_max` (float64 copy of the model)", FEATURE_L2),
+        MetricDoc("preimage/random_actual_at_hmax", "the same along random unit directions",
+                  FEATURE_L2),
+    )
 
     def compute(self, ctx):
         run = self.begin(ctx)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from fsl.analysis.base import register_analysis
+from fsl.analysis.metric_docs import FRACTION, RATIO, MetricDoc
 from fsl.analysis.studies.pixels.base import PixelStudy, model_device, selu_skip
 
 
@@ -14,6 +15,21 @@ from fsl.analysis.studies.pixels.base import PixelStudy, model_device, selu_skip
 class SeluStudy(PixelStudy):
     """Layer-wise SELU inversion from the features (Pattichis & Pattichis, SSIAI 2024 section 2.4);
     needs a model with ``invertible_selu = True``."""
+    metric_docs = (
+        MetricDoc("studies/selu/skipped", "1 when the model is not an invertible SELU net and the study did not run",
+                  "flag, 1"),
+        MetricDoc("selu/n", "selected test images inverted layer by layer from their features", "count"),
+        MetricDoc("selu/image_error_mean", "mean over them of the relative error of the reconstructed first-layer "
+                  "input against the row-space component of the true one, `‖h0_hat - P_row(W_1) h0‖ / "
+                  "‖P_row(W_1) h0‖`", RATIO),
+        MetricDoc("selu/image_error_median", "the same, median (`torch.median`)", RATIO),
+        MetricDoc("selu/flagged_frac", "fraction of the images whose inversion needed a clamp (a value outside SELU's "
+                  "range)", FRACTION),
+        MetricDoc("selu/clamped_total", "values clamped, over all layers and images", "count"),
+        MetricDoc("selu/local_error_max", "largest over the layers of that relative error when one layer alone is "
+                  "inverted from the true activations (mean over the images; rounding level when exact)",
+                  RATIO),
+    )
 
     def compute(self, ctx):
         reason = selu_skip(ctx, "SELU inversion")

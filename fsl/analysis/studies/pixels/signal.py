@@ -8,6 +8,7 @@ import math
 import torch
 
 from fsl.analysis.base import register_analysis
+from fsl.analysis.metric_docs import FRACTION, RATIO, MetricDoc
 from fsl.analysis.studies.pixels.base import PixelStudy, train_rows
 
 
@@ -44,6 +45,19 @@ class SignalStudy(PixelStudy):
     numbers: ``spaces``."""
 
     sizes = PixelStudy.sizes + ("n_signal",)
+    metric_docs = (
+        MetricDoc("signal/n_layers", "Linear and Conv2d modules of the model", "count"),
+        MetricDoc("signal/max_condition", "largest finite condition number `sigma_1 / sigma_r` over them (NaN if none; "
+                  "per module: `spaces/<module>/condition`)", RATIO),
+        MetricDoc("signal/first_layer_rank", "linear first layer: numerical rank of its weight", "count"),
+        MetricDoc("signal/first_layer_condition", "linear first layer: `sigma_1 / sigma_r` of its weight",
+                  RATIO),
+        MetricDoc("signal/class_residual_energy_mean", "linear first layer: mean over the classes of the energy of the "
+                  "class-average input outside the layer's row space, `‖u - P_row u‖^2 / ‖u‖^2` (inputs as the layer "
+                  "sees them, normalised; `n_signal` training images)", FRACTION),
+        MetricDoc("signal/sample_residual_energy_mean", "linear first layer: the same for the individual images, mean "
+                  "per class, then over the classes", FRACTION),
+    )
 
     def compute(self, ctx):
         run = self.begin(ctx)
