@@ -39,8 +39,10 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 def unshard(parts: torch.Tensor, index_parts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Reorder gathered rows so that row i belongs to ``index[i]`` (``index_parts`` = gathered indices)."""
-    order = torch.empty(int(index.max()) + 1 if len(index) else 0, dtype=torch.long)
+    order = torch.full((int(index.max()) + 1 if len(index) else 0,), -1, dtype=torch.long)
     order[index_parts] = torch.arange(len(index_parts))
+    if bool((order[index] < 0).any()):
+        raise RuntimeError("unshard: some rows came back from no rank (the shards do not cover the index)")
     return parts[order[index]]
 
 

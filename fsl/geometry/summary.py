@@ -62,7 +62,8 @@ def _all_rows(fn: Callable[[Tensor], dict], n: int) -> dict:
 def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: Tensor, eval_labels: Tensor,
                    weight: Tensor, bias: Tensor, lower=None, upper=None, *, hull_kwargs: dict | None = None,
                    hull_projections: bool = True, device: str | torch.device = "cpu",
-                   map_rows: RowMap | None = None, eval_index: Tensor | None = None) -> GeometryStudy:
+                   map_rows: RowMap | None = None, eval_index: Tensor | None = None,
+                   all_distances: bool | None = None) -> GeometryStudy:
     """Everything of docs/geometry.md for the evaluation features against the training features.
 
     Args:
@@ -75,6 +76,10 @@ def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: 
             ``rows``) over ``range(n)`` and returns the outputs for all rows in order; the default runs
             all rows at once, ``fsl.analysis.distributed.sharded`` splits them over DDP ranks.
         eval_index: ``per_sample["index"]`` (default ``arange(N)``).
+        all_distances: the distance of every evaluation sample to every class boundary (``distances``,
+            ``O(N n^2 f)``); else only the margins (``flip_margins(margin_only=True)``, ``distances`` NaN
+            except the closest pair). Default: all up to 100 classes. The training samples only need
+            their margins (ball radii) and always take the pruned path; margins are identical.
 
     Balls ``B(x)`` of radius ``d_min(x)`` are centred on every training and every evaluation
     sample and count the other samples of both sets; the union is that of the training balls.
@@ -87,15 +92,18 @@ def geometry_study(train_features: Tensor, train_labels: Tensor, eval_features: 
     ytr, yev = torch.as_tensor(train_labels).cpu(), torch.as_tensor(eval_labels).cpu()
     hull_kwargs = dict(hull_kwargs or {})
 
-    def margins_of(F: Tensor):
+    if all_distances is None:
+        all_distances = W.shape[0] <= 100
+
+    def margins_of(F: Tensor, every_pair: bool):
         def fn(rows: Tensor) -> dict[str, Tensor]:
-            r = flip_margins(F[rows.to(dev)], W, b, lower, upper)
+            r = flip_margins(F[rows.to(dev)], W, b, lower, upper, margin_only=not every_pair)
             return {"distances": r.distances, "margin": r.margin, "closest": r.closest, "pred": r.pred,
                     "certified": r.certified.all(1)}
         return fn
 
-    tr = map_rows(margins_of(Ftr), len(Ftr))
-    ev = map_rows(margins_of(Fev), len(Fev))
+    tr = map_rows(margins_of(Ftr, False), len(Ftr))
+    ev = map_rows(margins_of(Fev, bool(all_distances)), len(Fev))
 
     def hull_fn(rows: Tensor) -> dict[str, Tensor]:
         r = hull_distances(Fev[rows.to(dev)], Ftr, **hull_kwargs)

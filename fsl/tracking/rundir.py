@@ -169,5 +169,9 @@ class ClaimRunDir(_HydraCallback):
 
 
 def process_rank() -> int:
-    """The global rank from the launcher's environment (0 outside DDP)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    """The global rank from the launcher's environment (0 outside DDP): torchrun's ``RANK``, SLURM's
+    ``SLURM_PROCID`` (``srun`` sets no ``RANK``), else ``LOCAL_RANK``."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 0

@@ -226,8 +226,11 @@ def test_margin_only_skips_pairs_and_keeps_the_margin(bounded):
     lo = 0.0 if bounded else None
     full = flip_margins(X, W, b, lower=lo, return_points=True)
     fast = flip_margins(X, W, b, lower=lo, return_points=True, margin_only=True)
-    assert fast.stats["skipped"] > 0 and fast.stats["newton"] + fast.stats["skipped"] == full.stats["newton"]
+    # the margin needs no dual solve (pruning by bounds: tests/geometry/test_flip_scale.py)
+    assert fast.stats["skipped"] > 0 and fast.stats["newton"] == 0 and full.stats["newton"] > 0
     assert torch.equal(fast.margin, full.margin) and torch.equal(fast.closest, full.closest)
+    exact = ~torch.isnan(fast.distances)
+    assert torch.equal(fast.distances[exact], full.distances[exact])
     assert bool(fast.certified.all())
     rows = torch.arange(X.shape[0])[fast.closest >= 0]
     cl = fast.closest[rows]

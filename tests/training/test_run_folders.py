@@ -155,3 +155,15 @@ def test_failed_setup_in_process_removes_the_folder(tmp_path):
     with pytest.raises(Exception):
         train(cfg)
     assert not Path(cfg.paths.output_dir).exists()
+
+
+@pytest.mark.parametrize("env, rank", [({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "5"}, 5),
+                                       ({"LOCAL_RANK": "1"}, 1), ({"RANK": "2", "SLURM_PROCID": "7"}, 2)])
+def test_process_rank_reads_torchrun_and_slurm(monkeypatch, env, rank):
+    from fsl.tracking.rundir import process_rank
+
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert process_rank() == rank

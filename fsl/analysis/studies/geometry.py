@@ -19,7 +19,8 @@ Tensor = torch.Tensor
 
 def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor, bias: Tensor,
                            lower=None, upper=None, *, hull_kwargs: dict | None = None,
-                           hull_projections: bool = True, device: str | torch.device = "cpu") -> GeometryStudy:
+                           hull_projections: bool = True, device: str | torch.device = "cpu",
+                           all_distances: bool | None = None) -> GeometryStudy:
     """:func:`fsl.geometry.geometry_study` of two :class:`FeatureSet` s, sharded over DDP ranks (each
     rank solves its share of the evaluation samples; every rank gets all results).
 
@@ -29,12 +30,13 @@ def feature_geometry_study(train: FeatureSet, evals: FeatureSet, weight: Tensor,
         weight, bias: the head, (n, f) and (n,). lower/upper: the model's feature domain.
         hull_kwargs: passed to :func:`fsl.geometry.hull_distances`.
         hull_projections: also classify the hull projections (accuracy on projections).
+        all_distances: every sample-to-class distance, not only the margins (default: up to 100 classes).
     """
     evals.check_finite("evaluation features")
     train.check_finite("training features")
     return geometry_study(train.features, train.labels, evals.features, evals.labels, weight, bias, lower, upper,
                           hull_kwargs=hull_kwargs, hull_projections=hull_projections, device=device,
-                          map_rows=sharded, eval_index=evals.index)
+                          map_rows=sharded, eval_index=evals.index, all_distances=all_distances)
 
 
 def described(key: str, samples: str, value: str, inf: str, unit: str = FEATURE_L2) -> tuple[MetricDoc, ...]:
@@ -123,15 +125,16 @@ class GeometryAnalysis(Analysis):
         head = ctx.head
         study = feature_geometry_study(train, evals, head.weight, head.bias, head.lower, head.upper,
                                        hull_kwargs=dict(self.hull or {}), hull_projections=bool(self.hull_projections),
-                                       device=ctx.device)
+                                       device=ctx.device, all_distances=getattr(self, "all_distances", None))
         study.extras["train_index"] = train.index
         names = ctx.class_names
         ps = study.per_sample
         cols = dict(ps)
         cols["label_name"] = [names[int(i)] for i in ps["label"]]
         cols["pred_name"] = [names[int(i)] for i in ps["pred"]]
-        for j in range(study.distances.shape[1]):
-            cols[f"d_{j}"] = study.distances[:, j]
+        if study.distances.shape[1] <= 100:  # one column per class (NaN: not solved, margins only)
+            for j in range(study.distances.shape[1]):
+                cols[f"d_{j}"] = study.distances[:, j]
         res = Result(metrics=dict(study.metrics), per_sample=cols, data=study)
         res.histograms = {f"{k}_hist": ps[k][torch.isfinite(ps[k])] for k in ("margin", "hull", "ambiguity")}
         ids = [int(i) for i in (self.table1_samples or []) if int(i) < len(ps["index"])]
@@ -195,6 +198,7 @@ class GeometryAnalysis(Analysis):
                 row = []
                 for j in range(len(names)):
                     d = float(study.distances[i, j])
-                    row.append("-" if j == int(ps["pred"][i]) else ("inf" if math.isinf(d) else f"{d:.3f}"))
+                    row.append("-" if j == int(ps["pred"][i]) else ("inf" if math.isinf(d) else
+                               ("n/a" if math.isnan(d) else f"{d:.3f}")))
                 lines.append(f"| #{int(ps['index'][i])} | {names[int(ps['pred'][i])]} | " + " | ".join(row) + " |")
         return lines
