@@ -168,7 +168,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
             classes).
     """
     dev = features.device
-    X = features.detach().to(dtype)
+    X = features.detach()  # converted to ``dtype`` block by block: no full float64 copy of the input
     W = weight.detach().to(device=dev, dtype=dtype)
     b = bias.detach().to(device=dev, dtype=dtype)
     if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[1] or b.shape != (W.shape[0],):
@@ -184,7 +184,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
     n = W.shape[0]
     cuda = dev.type == "cuda"
     budget = int(memory_budget or (BUDGET_CUDA if cuda else BUDGET_CPU))
-    per_pair = _pair_bytes(f, n, X.element_size())
+    per_pair = _pair_bytes(f, n, torch.finfo(dtype).bits // 8)
     chunk = max(1, min(chunk_size or (16384 if cuda else 1024), budget // (per_pair * max(n, 1)) or 1))
     lo, hi = as_box(lower, upper, f, dtype, dev)
     sq = (W * W).sum(1)
@@ -199,7 +199,7 @@ def flip_margins(features: Tensor, weight: Tensor, bias: Tensor, lower=None, upp
     fallback = []  # margin_only samples whose minimiser failed its check: solved in full
     for s0 in range(0, B, chunk):
         rows = torch.arange(s0, min(B, s0 + chunk), device=dev)
-        Xc = X[rows]
+        Xc = X[s0:s0 + rows.numel()].to(dtype)
         logits = torch.addmm(b, Xc, W.T)
         pc = logits.argmax(1)
         out.pred[rows] = pc
@@ -265,12 +265,12 @@ def _dual_stage(hard, X, W, b, lo, hi, Wd2, Wnorm, opts, budget, newton_chunk, c
         hs, hj, hi_, hm = hs[~dom], hj[~dom], hi_[~dom], hm[~dom]
     stats["newton"] = int(hs.numel())
     m = min(max(n - 1, 1), 32)
-    per = X.element_size() * f * (3 * m + 4 * opts["ls_steps"] + 4 + n // max(f, 1)) + 64
+    per = W.element_size() * f * (3 * m + 4 * opts["ls_steps"] + 4 + n // max(f, 1)) + 64
     step = max(1, min(newton_chunk or (65536 if cuda else 8192), budget // per))
     for q0 in range(0, hs.numel(), step):
         sl = slice(q0, q0 + step)
         qs, qj, qi = hs[sl], hj[sl], hi_[sl]
-        y, d, cert, inf, mu, its, rows = solve_pairs(X[qs], qi, qj, hm[sl], W, b, lo, hi, Wd2, Wnorm, opts)
+        y, d, cert, inf, mu, its, rows = solve_pairs(X[qs].to(W.dtype), qi, qj, hm[sl], W, b, lo, hi, Wd2, Wnorm, opts)
         stats["newton_iterations"] = max(stats["newton_iterations"], its)
         stats["working_set"] = max(stats["working_set"], rows)
         stats["infeasible"] += int(inf.sum())
