@@ -15,6 +15,9 @@ name                        implementation                                      
 ``cw``                      fsl CW-L2 with confidence ``kappa`` (:mod:`fsl.adversarial.methods.cw`) L2
 ``margin_pgd``              fsl adaptive PGD against the margin detector                 L-inf
                             (:mod:`fsl.adversarial.methods.adaptive`)
+``adaptive``                fsl adaptive PGD against any detector with ``torch_score``   L-inf
+                            (``target``; lambda grid, orthogonal, selective; or L2)
+                            (:mod:`fsl.adversarial.methods.adaptive_detector`)
 ==========================  ===========================================================  ======
 
 Success is decided by one rule on the returned image: misclassified with a logit gap above float

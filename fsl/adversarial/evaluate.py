@@ -8,7 +8,8 @@ metrics of every detector (:mod:`fsl.adversarial.metrics`) and the paper's margi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -18,7 +19,9 @@ from torch import nn
 from fsl.adversarial.attacks import attack_context, run_attack, select_correct
 from fsl.adversarial.detectors import DETECTORS, Detector, FitData, build_detector, train_margin_rule
 from fsl.adversarial.metrics import detection_table
+from fsl.adversarial.robust import robust_accuracy
 from fsl.adversarial.success import is_adversarial, logit_gap
+from fsl.errors import ConfigError
 from fsl.models.base import LinearHead
 
 Tensor = torch.Tensor
@@ -73,6 +76,9 @@ class Detectors:
     geometry: DistanceFunctions
     fitted: dict[str, Detector]
     train_margins: Tensor
+    #: the clean samples' per-sample values, keyed by a digest of their features: every attack of a
+    #: suite scores the same clean samples, so their margins, hull distances and scores are computed once
+    clean_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def fit(cls, model: nn.Module, train_features: Tensor, train_labels: Tensor,
@@ -84,7 +90,8 @@ class Detectors:
         ``geometry`` defaults to :meth:`DistanceFunctions.from_model`, ``train_margins`` to
         ``geometry.margin_fn(train_features)``; ``params``: ``{detector: {param: value}}`` over the
         registered defaults (``knn_k`` is short for ``params={"knn": {"k": knn_k}}``); ``names``: the
-        detectors to fit (default: every registered one)."""
+        detectors to fit (default: every registered one that is not ``supervised``; those are added by
+        :func:`fsl.adversarial.supervised.fit_supervised_detectors`)."""
         feats = torch.as_tensor(train_features)
         geometry = geometry or DistanceFunctions.from_model(model, feats)
         if train_margins is None:
@@ -97,7 +104,8 @@ class Detectors:
         head = LinearHead.from_model(model)
         data = FitData(train_features=_cpu64(feats), train_labels=torch.as_tensor(train_labels).cpu().long(),
                        weight=head.weight.double(), bias=head.bias.double(), num_classes=int(head.weight.shape[0]))
-        chosen = list(names) if names is not None else list(DETECTORS)
+        chosen = list(names) if names is not None else \
+            [n for n, c in DETECTORS.items() if not getattr(c, "supervised", False)]
         fitted = {name: build_detector(name, **params.get(name, {})).fit(data) for name in chosen}
         return cls(geometry=geometry, fitted=fitted, train_margins=_cpu64(train_margins))
 
@@ -108,15 +116,19 @@ class Detectors:
     def names(self) -> tuple[str, ...]:
         return tuple(self.fitted)
 
-    def per_sample(self, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
+    def per_sample(self, features: Tensor, logits: Tensor, images: Tensor | None = None) -> dict[str, Tensor]:
         """``{margin, hull, <every detector's value>}`` of ``(B, f)`` features and their ``(B, n)``
         logits, CPU float64 (``msp`` is the probability itself, ``ambiguity`` ``d_min - d_h``; see
-        each detector's ``value``). Non-finite features or logits raise ``ValueError``."""
+        each detector's ``value``); a detector that reads the feature maps (``layers``) is scored on
+        the ``images`` ``(B, C, H, W)`` they come from. Non-finite features or logits raise ``ValueError``."""
         m, h = _cpu64(self.geometry.margin_fn(features)), _cpu64(self.geometry.hull_fn(features))
         f64, z64 = _cpu64(features), _cpu64(logits)
         out = {"margin": m, "hull": h}
         for name, det in self.fitted.items():
-            out[name] = _cpu64(det.value(f64, z64, m, h))
+            if getattr(det, "layers", False) and images is not None:
+                out[name] = _cpu64(det.value_images(images, f64, z64))
+            else:
+                out[name] = _cpu64(det.value(f64, z64, m, h))
         return out
 
     def scores(self, ps: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
@@ -185,6 +197,8 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         train_features: ``(N, f)`` clean training features; train_labels: ``(N,)`` (used to fit the
             detectors when ``detectors`` is omitted).
         attack: a name of :data:`fsl.adversarial.ATTACKS`; ``**attack_params`` override its defaults.
+            An attack with a ``target`` detector name (``adaptive``) gets the fitted detector of that
+            name as ``detector``.
         detectors: fitted :class:`Detectors` (fit once and pass them to reuse across attacks).
         only_correct: attack only samples the model classifies correctly (the design's setting).
         fpr: the false-positive budget of the ``tpr5/*`` metrics; n_boot: bootstrap replicates of
@@ -210,6 +224,12 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
     """
     if detectors is None:
         detectors = Detectors.fit(model, train_features, train_labels)
+    target = attack_params.get("target")
+    if target is not None and attack_params.get("detector") is None:  # an adaptive attack: the fitted detector
+        if target not in detectors.fitted:
+            raise ConfigError(f"evaluate_attack({attack!r}): target detector {target!r} is not among the fitted "
+                              f"ones {list(detectors.names)}")
+        attack_params = {**attack_params, "detector": detectors[target]}
     labels = torch.as_tensor(labels)
     with attack_context(model):  # eval mode, grads available; restored on exit
         with torch.no_grad():
@@ -229,8 +249,11 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
         logits_adv = model.forward_head(f_adv)
         y_dev = y.to(logits_adv.device)
         success = is_adversarial(logits_adv, y_dev) & ~res.nonfinite.to(y_dev.device)
-        clean = detectors.per_sample(f_clean, logits_clean)
-        adv = detectors.per_sample(f_adv, logits_adv)
+        key = (hashlib.sha1(_cpu64(f_clean).numpy().tobytes()).hexdigest(), detectors.names)
+        if key not in detectors.clean_cache:
+            detectors.clean_cache[key] = detectors.per_sample(f_clean, logits_clean, x)
+        clean = detectors.clean_cache[key]
+        adv = detectors.per_sample(f_adv, logits_adv, res.adv_images)
 
     per_sample = {
         "index": index.cpu(), "label": y.cpu(), "success": success.cpu(), "adv_pred": logits_adv.argmax(1).cpu(),
@@ -313,8 +336,12 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     examples), the :func:`fsl.adversarial.metrics.detection_table` keys
     (``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``tpr5``, ``threshold``, and with ``n_boot > 0``
     their ``*_lo``/``*_hi`` bootstrap bounds) for every detector with a per-sample column,
-    ``rule/train_margin_caught|threshold|fpr`` and ``n_nan/clean``, ``n_nan/adv`` (samples dropped
-    from every detector because one of their scores is NaN).
+    ``rule/train_margin_caught|threshold|fpr``, ``n_nan/clean``, ``n_nan/adv`` (samples dropped
+    from every detector because one of their scores is NaN) and, per detector,
+    ``robust_acc_at_5fpr`` and ``clean_acc_lost_at_5fpr`` (:func:`fsl.adversarial.robust.robust_accuracy`;
+    ``5`` is ``100 * fpr``): the threshold flags ``fpr`` of the clean scores of the rows where
+    ``per_sample["calib"]`` is true and both are measured on the other rows; without a ``calib``
+    column (or with all rows on one side) on every row, in-sample.
     """
     ps = {k: torch.as_tensor(v).cpu() for k, v in per_sample.items()}
     s = ps["success"].bool()
@@ -333,6 +360,13 @@ def summarize_attack(per_sample: dict[str, Tensor], train_margins: Tensor, fpr: 
     table_in = {name: (scores_clean[name][ok_clean], scores_adv[name][ok_adv]) for name in scores_clean}
     flat, roc = detection_table(table_in, fpr=fpr, n_boot=n_boot, seed=seed)
     metrics.update(flat)
+    calib = ps.get("calib", torch.ones_like(s)).bool()
+    test = ~calib if bool(calib.any()) and bool((~calib).any()) else torch.ones_like(s)
+    at = f"at_{fpr * 100:g}fpr"
+    for name in scores_clean:
+        r = robust_accuracy(scores_clean[name][calib], scores_clean[name][test], scores_adv[name][test], s[test], fpr)
+        metrics[f"robust_acc_{at}/{name}"] = r["robust_acc"]
+        metrics[f"clean_acc_lost_{at}/{name}"] = r["clean_acc_lost"]
     rule = train_margin_rule(m_adv[s], torch.as_tensor(train_margins).cpu(), m_clean)
     metrics["rule/train_margin_caught"] = rule["caught"]
     metrics["rule/train_margin_threshold"] = rule["threshold"]

@@ -55,3 +55,55 @@ def check_suite(suite: Mapping) -> dict[str, dict]:
         check_attack_params(f"attack suite entry {name!r} ({attack})", attack, set(spec) - {"attack"})
         out[str(name)] = {**spec, "attack": attack}
     return out
+
+
+#: the options of the adaptive attacks (the adversarial analysis' ``adaptive`` node)
+ADAPTIVE_OPTIONS = {"enabled": True, "detectors": None, "like": None, "lambdas": [0.1, 1.0, 10.0],
+                    "variants": ["sum", "orthogonal", "selective"]}
+
+
+def budget_entry(suite: Mapping[str, Mapping], like: str | None = None) -> str:
+    """The suite entry whose budget the adaptive attacks take: ``like`` or else the L-inf ``pgd``
+    entry with the largest ``eps`` (else the ``pgd_l2`` one); ConfigError when there is none."""
+    if like is not None:
+        if like not in suite:
+            raise ConfigError(f"adaptive.like: {like!r} is not in the attack suite{closest(like, suite)}")
+        if suite[like].get("attack") not in ("pgd", "pgd_l2"):
+            raise ConfigError(f"adaptive.like: {like!r} is a {suite[like].get('attack')!r} attack; name a 'pgd' or "
+                              f"'pgd_l2' entry of the suite (its eps, alpha and steps are the budget)")
+        return like
+    for attack in ("pgd", "pgd_l2"):
+        names = [n for n, s in suite.items() if s.get("attack") == attack]
+        if names:
+            return max(names, key=lambda n: float(suite[n].get("eps", ATTACKS.defaults(attack)["eps"])))
+    raise ConfigError(f"adaptive attacks take the budget of the suite's PGD, and the suite {sorted(suite)} has no "
+                      f"'pgd' or 'pgd_l2' entry; add one or set adaptive.like / adaptive.enabled=false")
+
+
+def adaptive_suite(suite: Mapping[str, Mapping], detectors, options: Mapping | None = None) -> dict[str, dict]:
+    """``suite`` plus ``adaptive_<detector>: {attack: adaptive, target: <detector>, ...}`` for each of
+    ``detectors`` (``options["detectors"]``, when given, picks among them) with the budget (``eps``,
+    ``alpha``, ``steps``, norm) of :func:`budget_entry` and the ``lambdas`` / ``variants`` of
+    ``options`` (:data:`ADAPTIVE_OPTIONS`). ConfigError for a detector without a differentiable score
+    (:func:`fsl.adversarial.detectors.registry.require_torch_score`) or an unknown option."""
+    from fsl.adversarial.detectors.registry import require_torch_score
+
+    opts = {**ADAPTIVE_OPTIONS, **dict(options or {})}
+    unknown = sorted(set(opts) - set(ADAPTIVE_OPTIONS))
+    if unknown:
+        raise ConfigError(f"adaptive: unknown option {unknown[0]!r}{closest(unknown[0], ADAPTIVE_OPTIONS)}")
+    out = {k: dict(v) for k, v in suite.items()}
+    if not opts["enabled"]:
+        return out
+    chosen = list(detectors) if opts["detectors"] is None else [str(d) for d in opts["detectors"]]
+    missing = [d for d in chosen if d not in detectors]
+    if missing:
+        raise ConfigError(f"adaptive.detectors: {missing[0]!r} is not a fitted detector{closest(missing[0], detectors)}")
+    base = suite[budget_entry(suite, opts["like"])]
+    budget = {k: base[k] for k in ("eps", "alpha", "steps") if k in base}
+    norm = "Linf" if base["attack"] == "pgd" else "L2"
+    for d in chosen:
+        require_torch_score(d)
+        out[f"adaptive_{d}"] = {"attack": "adaptive", "target": d, **budget, "norm": norm,
+                                "lambdas": [float(v) for v in opts["lambdas"]], "variants": list(opts["variants"])}
+    return out

@@ -287,7 +287,7 @@ def test_model_mode_params_and_grads_restored(trained):
     model.layers[0].weight.requires_grad_(False)
     small = {"deepfool": {"steps": 2}, "deepfool_torchattacks": {"steps": 2}, "pgd": {"steps": 2},
              "pgd_l2": {"steps": 2}, "cw": {"steps": 2, "binary_steps": 1}, "margin_pgd": {"steps": 2},
-             "apgd": {"steps": 2}, "apgd_l2": {"steps": 2}}
+             "apgd": {"steps": 2}, "apgd_l2": {"steps": 2}, "adaptive": {"steps": 2}}
     assert set(small) == set(ATTACKS)
     try:
         for name, params in small.items():
@@ -322,7 +322,8 @@ def test_suites_are_checked():
     from fsl.adversarial.suites import check_suite, load_suite, suite_for_data
 
     mnist, cifar = load_suite("mnist"), load_suite("cifar")
-    assert {s["attack"] for s in mnist.values()} == set(ATTACKS) - {"deepfool_torchattacks"}
+    # adaptive: one entry per detector, added by the analysis (fsl.adversarial.suites.adaptive_suite)
+    assert {s["attack"] for s in mnist.values()} == set(ATTACKS) - {"deepfool_torchattacks", "adaptive"}
     assert sorted(s["eps"] for s in mnist.values() if s["attack"] == "pgd") == [0.1, 0.2, 0.3]
     assert [s["eps"] for s in cifar.values() if s["attack"] == "pgd"] == [pytest.approx(8 / 255)]
     assert suite_for_data("fashion_mnist") == "mnist" and suite_for_data("cifar10") == "cifar"
@@ -382,10 +383,11 @@ def test_evaluate_attack_end_to_end(trained):
     expected = {"success_rate", "l2/mean", "l2/median", "linf/mean", "linf/median", "gap/median", "seconds",
                 "frac_margin_lt_hull", "frac_hull_shrank", "rule/train_margin_caught", "rule/train_margin_fpr"}
     expected |= {f"{m}/{d}" for m in ("auroc", "tpr5", "fpr95", "aupr_in", "aupr_out", "auroc_lo", "auroc_hi")
-                 for d in DETECTORS.names()}
+                 for d in det.names}
     assert expected <= set(met)
     assert all(isinstance(v, float) for v in met.values())
-    assert set(roc) == set(DETECTORS.names())
+    # every registered detector but the supervised ones (fsl.adversarial.supervised fits those)
+    assert set(roc) == set(det.names) == set(DETECTORS.names()) - {"lid", "mahalanobis_ml"}
     assert float(ps["gap"][s].min()) > 0
     # DeepFool examples sit next to a boundary: margin detects them well on this model
     assert met["auroc/margin"] > 0.9 and met["frac_margin_lt_hull"] > 0.9

@@ -163,7 +163,8 @@ def test_fdbd_identical_weights_and_bad_inputs_raise():
 
 
 def test_detector_order_and_nan_logits():
-    assert DETECTORS.names() == ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd")
+    assert DETECTORS.names() == ("margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd", "lid",
+                                 "mahalanobis_ml")
     with pytest.raises(ValueError, match="non-finite"):
         energy_score(torch.tensor([[0.0, float("nan")]]))
     with pytest.raises(ValueError, match="temperature"):

@@ -16,12 +16,20 @@ score              definition                                       why
                    nearest normalised training feature              (Sun et al. 2022, arXiv 2204.06507)
 ``fdbd``           ``-mean_{c!=p} |z_p - z_c| / (|w_p - w_c|        baseline: close to the decision boundaries
                    |y - mu|)``, ``p = argmax z``                    (Liu and Qin 2024, arXiv 2312.11536)
+``lid``            logistic regression over the LID of every        supervised: adversarial regions have a high
+                   layer (k nearest of a clean reference batch)     local dimension (Ma et al., arXiv 1801.02613)
+``mahalanobis_ml`` logistic regression over every layer's           supervised: far from the class Gaussians of
+                   ``min_c`` squared Mahalanobis distance           every layer (Lee et al., arXiv 1807.03888)
 =================  ===============================================  ==============================================
 
 ``d_min`` is the feature-space margin (distance to the closest flip point, ``fsl.geometry.flip_margins``),
 ``d_h`` the distance to the convex hull of the training features (``fsl.geometry.hull_distances``).
 The ranking metrics that score them (AUROC, AUPR, FPR@95%TPR, TPR@5%FPR, bootstrap intervals) are
 in :mod:`fsl.adversarial.metrics`.
+
+``lid`` and ``mahalanobis_ml`` are ``supervised``: fitted on clean, noisy and adversarial examples
+of a fit split (:mod:`fsl.adversarial.supervised`), on the model's feature maps. Every detector
+defines ``torch_score``, the differentiable score its adaptive attack ``adaptive_<name>`` follows.
 
 Import order is the registration order (``DETECTORS.names()``), which is the order of the report's
 columns; a new file in this folder is registered on import, after the built-ins (docs/extending.md).
@@ -34,13 +42,16 @@ from fsl.adversarial.detectors.energy import EnergyDetector, energy_score
 from fsl.adversarial.detectors.mahalanobis import Mahalanobis, MahalanobisDetector, fit_mahalanobis, mahalanobis_score
 from fsl.adversarial.detectors.knn import KNN, KNNDetector, knn_score
 from fsl.adversarial.detectors.fdbd import FDBDDetector, fdbd_score, fit_fdbd
+from fsl.adversarial.detectors.lid import LIDDetector, lid_mle
+from fsl.adversarial.detectors.mahalanobis_ml import MultiLayerMahalanobis
 
 from fsl.plugins import import_modules  # noqa: E402
 
-import_modules(__name__, first=("registry", "margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd"))
+import_modules(__name__, first=("registry", "margin", "ambiguity", "msp", "energy", "mahalanobis", "knn", "fdbd",
+                                  "lid", "mahalanobis_ml"))
 
 __all__ = ["DETECTORS", "Detector", "FitData", "build_detector", "register_detector",
            "MarginDetector", "margin_score", "train_margin_rule", "AmbiguityDetector", "ambiguity_score",
            "MSPDetector", "msp_score", "EnergyDetector", "energy_score", "Mahalanobis", "MahalanobisDetector",
            "fit_mahalanobis", "mahalanobis_score", "KNN", "KNNDetector", "knn_score", "FDBDDetector", "fdbd_score",
-           "fit_fdbd"]
+           "fit_fdbd", "LIDDetector", "lid_mle", "MultiLayerMahalanobis"]

@@ -29,3 +29,6 @@ class EnergyDetector(Detector):
 
     def value(self, features, logits, margin, hull):
         return energy_score(logits.to("cpu", torch.float64), self.temperature)
+
+    def torch_score(self, features, logits):
+        return -self.temperature * torch.logsumexp(logits / self.temperature, dim=1)

@@ -47,11 +47,16 @@ def fdbd_score(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                          f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(mu.shape)}")
     if not (torch.isfinite(b).all() and torch.isfinite(mu).all()):
         raise ValueError("fdbd_score: bias or train_mean contains non-finite values")
-    gaps = weight_gaps(w)
-    z = x @ w.T + b
+    return _fdbd(x, x @ w.T + b, weight_gaps(w), mu)
+
+
+def _fdbd(x: torch.Tensor, z: torch.Tensor, gaps: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """fDBD of features ``x`` ``(B, f)`` with logits ``z`` ``(B, n)``, ``gaps = weight_gaps(W)`` and the
+    training mean ``mu``; a torch function of ``x`` and ``z`` (differentiable almost everywhere)."""
+    n = z.shape[1]
     top, pred = z.max(dim=1)
     g = gaps[pred].index_put((torch.arange(x.shape[0], device=x.device), pred),
-                             torch.ones((), dtype=torch.float64, device=x.device))  # c == p: 0 / 1
+                             torch.ones((), dtype=gaps.dtype, device=x.device))  # c == p: 0 / 1
     boundary = ((top[:, None] - z) / g).sum(dim=1)
     dist = (x - mu).norm(dim=1).clamp(min=1e-8)
     return -boundary / ((n - 1) * dist)
@@ -68,3 +73,8 @@ class FDBDDetector(Detector):
 
     def value(self, features, logits, margin, hull):
         return fdbd_score(features.to("cpu", torch.float64), self.weight, self.bias, self.train_mean)
+
+    def torch_score(self, features, logits):
+        """The score itself, on the model's logits."""
+        to = dict(device=features.device, dtype=features.dtype)
+        return _fdbd(features, logits, weight_gaps(self.weight, "fdbd detector").to(**to), self.train_mean.to(**to))

@@ -78,3 +78,10 @@ class KNN(Detector):
 
     def value(self, features, logits, margin, hull):
         return self.index.score(features.to("cpu", torch.float64)).to(torch.float64)
+
+    def torch_score(self, features, logits):
+        """The score itself: the ``k``-th smallest distance is differentiable almost everywhere (its
+        gradient moves the feature towards that neighbour)."""
+        train = self.index.train.to(features.device, features.dtype)
+        x = unit_rows(features) if self.normalize else features
+        return torch.cdist(x, train).kthvalue(self.k, dim=1).values

@@ -52,6 +52,16 @@ class Mahalanobis:
         """``(B,)`` ``min_c`` distance: far from every class = suspicious (higher = adversarial)."""
         return self.distances(features).amin(dim=1)
 
+    def torch_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`distances` as a differentiable torch function of ``features`` ``(B, f)`` (no checks;
+        in their dtype and on their device)."""
+        chol = self.chol.to(features.device, features.dtype)
+        means = torch.nan_to_num(self.means).to(features.device, features.dtype)
+        zx = torch.linalg.solve_triangular(chol, features.T, upper=False).T
+        zm = torch.linalg.solve_triangular(chol, means.T, upper=False).T
+        d = (zx[:, None, :] - zm[None, :, :]).pow(2).sum(dim=2).clamp_min(1e-30).sqrt()
+        return d.masked_fill(~self.present.to(features.device)[None, :], float("inf"))
+
 
 def fit_mahalanobis(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int | None = None,
                     reg: float = 1e-6) -> Mahalanobis:
@@ -112,3 +122,7 @@ class MahalanobisDetector(Detector):
 
     def value(self, features, logits, margin, hull):
         return self.gaussians.to("cpu").score(features.to("cpu", torch.float64)).to(torch.float64)
+
+    def torch_score(self, features, logits):
+        """The score itself, ``min_c`` distance (differentiable almost everywhere)."""
+        return self.gaussians.torch_distances(features).amin(dim=1)

@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from fsl.adversarial.detectors.registry import Detector, register_detector
+from fsl.adversarial.detectors.registry import Detector, FitData, register_detector
+from fsl.adversarial.vectors import region_distance, weight_gaps
 
 
 def margin_score(margin: torch.Tensor) -> torch.Tensor:
@@ -21,8 +22,18 @@ class MarginDetector(Detector):
 
     negate = True
 
+    def fit(self, data: FitData) -> "MarginDetector":
+        self.pair_norms = weight_gaps(data.weight, "margin detector")
+        return self
+
     def value(self, features, logits, margin, hull):
         return margin
+
+    def torch_score(self, features, logits):
+        """Surrogate ``-min_{k != p} (z_p - z_k) / ||w_p - w_k||`` (``p`` the predicted class): the
+        closed-form lower bound of ``d_min`` that ignores the feature domain (equal to it wherever the
+        closest flip point lies inside the domain), the quantity ``margin_pgd`` maximises."""
+        return -region_distance(logits, self.pair_norms, logits.detach().argmax(dim=1))
 
 
 def _as_1d_f64(t) -> torch.Tensor:

@@ -23,3 +23,6 @@ class MSPDetector(Detector):
 
     def value(self, features, logits, margin, hull):
         return -msp_score(logits).to("cpu", torch.float64)
+
+    def torch_score(self, features, logits):
+        return -torch.softmax(logits, dim=1).amax(dim=1)

@@ -10,6 +10,11 @@ the report's tables.
 :data:`DETECTORS` is a :class:`fsl.registry.Registry`: ``DETECTORS.names()`` in registration order
 (the built-ins first, in the order of :mod:`fsl.adversarial.detectors`), ``DETECTORS.get(name)``
 (the class), ``DETECTORS.defaults(name)`` (a fresh dict of its constructor parameters).
+
+A detector that defines :meth:`Detector.torch_score` (its score, or a differentiable surrogate, as a
+torch function of the features and logits) gets an adaptive attack ``adaptive_<name>`` without new
+code (:mod:`fsl.adversarial.methods.adaptive_detector`); :func:`require_torch_score` refuses one
+without it, naming the method to add.
 """
 from __future__ import annotations
 
@@ -66,6 +71,35 @@ class Detector:
         own value, negated when ``negate``. A function of the columns alone (no fitted state)."""
         value = columns[self.name]
         return -value if self.negate else value
+
+    def torch_score(self, features: Tensor, logits: Tensor) -> Tensor:
+        """``(B,)`` differentiable score (higher = adversarial) of ``features`` ``(B, f)`` and their
+        ``logits`` ``(B, n)``, in their dtype and on their device, for the adaptive attack
+        ``adaptive_<name>`` (:mod:`fsl.adversarial.methods.adaptive_detector`): the detector's own
+        score where it is a torch function of the features, else a differentiable surrogate that
+        tracks it (documented by the subclass). A detector without it gets no adaptive attack."""
+        raise NotImplementedError
+
+
+def has_torch_score(detector: "Detector | type") -> bool:
+    """Whether a detector (class or instance) defines :meth:`Detector.torch_score`."""
+    cls = detector if isinstance(detector, type) else type(detector)
+    return cls.torch_score is not Detector.torch_score
+
+
+def require_torch_score(name: str) -> type:
+    """The registered class of detector ``name`` if it has a differentiable score (an adaptive
+    attack can be built for it); ConfigError naming what to add otherwise."""
+    from fsl.errors import ConfigError
+
+    cls = DETECTORS.get(name)
+    if not has_torch_score(cls):
+        raise ConfigError(
+            f"detector {name!r} has no differentiable score, so it gets no adaptive attack 'adaptive_{name}': define "
+            f"`torch_score(self, features, logits)` on {cls.__qualname__} (a torch function of the (B, f) features "
+            f"and (B, n) logits, higher = adversarial: its score, or a differentiable surrogate of it), or leave it "
+            f"out of the adversarial analysis' `adaptive.detectors`")
+    return cls
 
 
 DETECTORS = Registry("detector", load="fsl.adversarial.detectors", base=Detector,

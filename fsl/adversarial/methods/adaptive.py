@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fsl.adversarial.vectors import weight_gaps
+from fsl.adversarial.vectors import region_distance, weight_gaps
 from fsl.adversarial.methods.registry import register_attack
 
 
@@ -28,10 +28,7 @@ def normalized_margin(logits: torch.Tensor, labels: torch.Tensor, pair_norms: to
     ar = torch.arange(logits.shape[0], device=logits.device)
     wrong = logits.detach().clone()
     wrong[ar, labels] = -float("inf")
-    j = wrong.argmax(dim=1)
-    diff = (logits[ar, j][:, None] - logits) / pair_norms[j]
-    diff = diff.masked_fill(torch.nn.functional.one_hot(j, logits.shape[1]).bool(), float("inf"))
-    return diff.amin(dim=1)
+    return region_distance(logits, pair_norms, wrong.argmax(dim=1))
 
 
 @register_attack("margin_pgd", defaults={"eps": 0.3, "alpha": None, "steps": 40, "random_start": True},

@@ -41,7 +41,8 @@ def adversarial_docs() -> tuple[MetricDoc, ...]:
     succ = "the successful adversarial examples'"
     return (
         MetricDoc("<attack>/n_attacked", "correctly classified evaluation samples attacked (`n_samples` of them, a "
-                  "seeded draw stratified by class; 0 or null: all)", "count"),
+                  "seeded draw stratified by class; 0 or null: all), less the fit split of the supervised detectors "
+                  "(`supervised.fit_fraction`)", "count"),
         MetricDoc("<attack>/n_success", "successful adversarial examples: misclassified, with a logit gap above float "
                   "noise, and finite", "count"),
         MetricDoc("<attack>/success_rate", "`n_success / n_attacked`", FRACTION),
@@ -79,16 +80,62 @@ def adversarial_docs() -> tuple[MetricDoc, ...]:
                   "is below `rule/train_margin_threshold`", FRACTION),
         MetricDoc("<attack>/rule/train_margin_fpr", "fraction of the attacked clean samples whose margin is below "
                   "`rule/train_margin_threshold` (the rule's false positives)", FRACTION),
+        MetricDoc("<attack>/robust_acc_at_5fpr/<detector>", "robust accuracy of the classifier guarded by the "
+                  "detector: fraction of the attacked samples that are flagged (score above the 5%-FPR threshold set on "
+                  "clean scores) or still correctly classified; `threshold_split: half` sets the threshold on every other "
+                  "attacked sample and measures on the rest", FRACTION, in_results=False),
+        MetricDoc("<attack>/clean_acc_lost_at_5fpr/<detector>", "fraction of the attacked (correctly classified) "
+                  "clean samples the detector rejects at that threshold: the clean accuracy its rejections cost "
+                  "(relative to the correct predictions)", FRACTION, in_results=False),
         MetricDoc("<attack>/seconds", "wall time of the attack itself (summed over this process' chunks)", "seconds"),
     )
 
 
-def resolve_suite(attacks, only, data_name: str) -> dict[str, dict]:
+#: the options of the supervised detectors' fit (the ``supervised`` node)
+SUPERVISED_OPTIONS = {"enabled": True, "fit_fraction": 0.3, "attack": None}
+
+
+def fit_supervised(analysis, ctx, detectors, images, labels, attacked) -> tuple[torch.Tensor, list[str]]:
+    """Fit the supervised detectors (``lid``, ``mahalanobis_ml``) on a seeded fraction
+    (``supervised.fit_fraction``) of the samples to attack, with the adversarial examples of the suite's
+    entry ``supervised.attack`` (null: the PGD whose budget the adaptive attacks take) and noisy copies
+    (``fsl.adversarial.supervised``). Returns the remaining positions, the only ones the attacks
+    score (every detector on the same samples), and the report's lines naming the fit attack."""
+    from fsl.adversarial.suites import budget_entry, check_suite, load_suite, suite_for_data
+    from fsl.adversarial.supervised import fit_supervised_detectors, split_fit_rows, supervised_names
+
+    opts = {**SUPERVISED_OPTIONS, **dict(analysis.options.get("supervised") or {})}
+    names = supervised_names() if opts["enabled"] else []
+    if not names:
+        return attacked, []
+    base = check_suite(analysis.attacks) if analysis.attacks else load_suite(suite_for_data(ctx.data_name))
+    fit_name = opts["attack"] or budget_entry(base, (analysis.options.get("adaptive") or {}).get("like"))
+    fit_rows, score_rows = split_fit_rows(len(attacked), float(opts["fit_fraction"]), ctx.seed)
+    if len(fit_rows) == 0:
+        return attacked, []
+    params = dict(base[fit_name])
+    fit = attacked[fit_rows]
+    try:
+        info = fit_supervised_detectors(detectors, ctx.model, images[fit], labels[fit], params.pop("attack"), params,
+                                        names=names, seed=ctx.seed, batch_size=int(analysis.batch_size))
+    except ValueError as exc:  # e.g. the fit attack fooled almost no fit sample: no supervised detector
+        return attacked, ["", f"Supervised detectors ({', '.join(names)}) not fitted: {exc}"]
+    note = ["", f"Supervised detectors ({', '.join(names)}): fitted on the clean, noisy and `{fit_name}` adversarial "
+                f"examples of {info['n_fit']} correctly classified evaluation samples ({info['n_adv']} fooled; the "
+                f"fit attack took {info['seconds']:.1f} s), "
+                f"disjoint from the {len(score_rows)} samples every attack is scored on; on every other attack they "
+                f"are scored in transfer. Their 5%-FPR thresholds come from clean scored samples (`threshold_split`)."]
+    return attacked[score_rows], note
+
+
+def resolve_suite(attacks, only, data_name: str, adaptive=None, detectors=()) -> dict[str, dict]:
     """The attacks to run: ``attacks`` (a suite dict) or, when empty, the data set's suite
-    (``fsl.adversarial.suite_for_data``), restricted to the names in ``only``."""
-    from fsl.adversarial.suites import check_suite, load_suite, suite_for_data
+    (``fsl.adversarial.suite_for_data``), plus ``adaptive_<detector>`` for the ``detectors`` under the
+    ``adaptive`` options (``fsl.adversarial.suites.adaptive_suite``), restricted to the names in ``only``."""
+    from fsl.adversarial.suites import adaptive_suite, check_suite, load_suite, suite_for_data
 
     suite = check_suite(attacks) if attacks else load_suite(suite_for_data(data_name))
+    suite = adaptive_suite(suite, list(detectors), adaptive) if detectors else suite
     if only:
         only = [str(a) for a in only]
         missing = sorted(set(only) - set(suite))
@@ -105,7 +152,13 @@ class AdversarialAnalysis(Analysis):
     **params}}``; empty: the data set's suite, ``configs/attacks/``), ``only`` (names of the suite to
     run), ``n_train``, ``n_eval`` (subsets), ``n_samples`` (how many correctly classified evaluation
     samples are attacked: a seeded draw among them, stratified by class; 0 or null: all of them),
-    ``batch_size``, ``n_boot``, ``knn_k``, ``hull``.
+    ``batch_size``, ``n_boot``, ``knn_k``, ``hull``, ``adaptive`` (the adaptive attack
+    ``adaptive_<detector>`` of every fitted detector, ``fsl.adversarial.suites.adaptive_suite``:
+    ``enabled``, ``detectors``, ``like``, ``lambdas``, ``variants``), ``supervised`` (:func:`fit_supervised`:
+    ``enabled``, ``fit_fraction``, ``attack``) and ``threshold_split``
+    (``half``: the thresholds of ``robust_acc_at_5fpr`` are set on the clean scores of every other
+    attacked sample, in the order of the evaluation subset, and the robust accuracy is measured on the
+    rest; ``same``: on all of them, in-sample).
 
     Chunks of ``batch_size`` samples are dealt out to the DDP ranks and chunk k is seeded with
     ``seed + k``, so random starts do not depend on the world size; the per-sample results are
@@ -120,11 +173,18 @@ class AdversarialAnalysis(Analysis):
 
     @classmethod
     def config_problems(cls, key: str, options: dict, data_name: str | None) -> list[str]:
-        """The attacks of the suite are registered, and ``only`` names attacks of the suite."""
+        """The attacks of the suite are registered, ``only`` names attacks of the suite (or an
+        ``adaptive_<detector>``), the ``adaptive`` and ``supervised`` nodes have known keys."""
         from fsl.adversarial import ATTACKS
+        from fsl.adversarial.suites import ADAPTIVE_OPTIONS
         from fsl.registry import closest
 
         p: list[str] = []
+        for node, valid in (("adaptive", ADAPTIVE_OPTIONS), ("supervised", SUPERVISED_OPTIONS)):
+            p.extend(f"{key}.{node}.{k}: unknown option" + closest(k, valid)
+                     for k in (options.get(node) or {}) if k not in valid)
+        if options.get("threshold_split", "half") not in ("half", "same"):
+            p.append(f"{key}.threshold_split: {options.get('threshold_split')!r} must be 'half' or 'same'")
         attacks = options.get("attacks")
         for a, spec in (attacks or {}).items():
             attack = (spec or {}).get("attack", a)
@@ -139,6 +199,10 @@ class AdversarialAnalysis(Analysis):
             except ValueError as exc:
                 p.append(f"attacks: {exc}")
             else:
+                from fsl.adversarial import DETECTORS
+
+                if (options.get("adaptive") or {}).get("enabled", True):
+                    suite = {**suite, **{f"adaptive_{d}": {} for d in DETECTORS.names()}}
                 p.extend(f"{key}.only: unknown name {n!r}" + closest(n, suite) for n in only if n not in suite)
         return p
     uses = ("geometry",)
@@ -151,13 +215,16 @@ class AdversarialAnalysis(Analysis):
         train = ctx.train_features(self.n_train)
         evals = ctx.eval_features(self.n_eval)
         attacked = self._attacked(ctx, evals)  # positions in the evaluation subset
-        n = len(attacked)
-        images = ctx.eval_images(self.n_eval)[attacked]
-        labels = evals.labels[attacked]
         geom = DistanceFunctions.from_model(net, train.features.double(), **dict(self.hull or {}))
         detectors = Detectors.fit(net, train.features, train.labels, geometry=geom, knn_k=int(self.knn_k),
                                   train_margins=self._train_margins(ctx, train))
-        suite = resolve_suite(self.attacks, self.only, ctx.data_name)
+        all_images = ctx.eval_images(self.n_eval)
+        attacked, fit_note = fit_supervised(self, ctx, detectors, all_images, evals.labels, attacked)
+        n = len(attacked)
+        images = all_images[attacked]
+        labels = evals.labels[attacked]
+        suite = resolve_suite(self.attacks, self.only, ctx.data_name, self.options.get("adaptive"),
+                              detectors.names)
         rank, size = ctx.world()
         chunks = list(torch.arange(n).split(max(int(self.batch_size), 1)))
         res = Result(data={})
@@ -180,6 +247,8 @@ class AdversarialAnalysis(Analysis):
             gathered = {k: gather_cat(v) for k, v in local.items()}
             order = torch.argsort(gathered["index"])
             gathered = {k: v[order] for k, v in gathered.items()}
+            if self.options.get("threshold_split", "half") == "half":  # every other attacked sample sets the 5%-FPR threshold
+                gathered["calib"] = torch.arange(len(order)) % 2 == 0
             metrics, roc = summarize_attack(gathered, detectors.train_margins, n_boot=int(self.n_boot), seed=ctx.seed)
             metrics["seconds"] = seconds  # the attack itself on this rank
             res.metrics.update({f"{name}/{k}": v for k, v in metrics.items()})
@@ -194,7 +263,7 @@ class AdversarialAnalysis(Analysis):
                 when = "" if ctx.epoch is None else f" (epoch {ctx.epoch})"
                 res.figures[f"{name}/roc"] = Figure(f"roc_{name}", roc_figure(roc, title=f"{name}: adversarial vs "
                                                                                          f"clean{when}"))
-        res.report = report_lines(res.metrics, list(suite), detectors.names)
+        res.report = report_lines(res.metrics, list(suite), detectors.names) + fit_note
         return res
 
     def _attacked(self, ctx, evals):
@@ -245,4 +314,10 @@ def report_lines(m: dict, attacks: list[str], detectors) -> list[str]:
         lines += ["", f"### {title} (95% bootstrap interval), clean evaluation samples vs successful adversarial "
                       "examples", "", "| attack | " + " | ".join(detectors) + " |", "|---|" + "---|" * len(detectors)]
         lines += [f"| {a} | " + " | ".join(cell(a, s, key) for s in detectors) + " |" for a in attacks]
+    lines += ["", "### Robust accuracy of classifier + detector at 5% FPR (clean accuracy lost to the rejections)", "",
+              "An attacked sample is handled when it is flagged or still correctly classified. `adaptive_<d>` is the "
+              "attack that knows detector `<d>`.", "", "| attack | " + " | ".join(detectors) + " |",
+              "|---|" + "---|" * len(detectors)]
+    lines += [f"| {a} | " + " | ".join(f"{g(a, f'robust_acc_at_5fpr/{s}')} ({g(a, f'clean_acc_lost_at_5fpr/{s}')})"
+                                       for s in detectors) + " |" for a in attacks]
     return lines
