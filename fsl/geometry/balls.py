@@ -22,6 +22,13 @@ of ``c`` (possibly tied): a point of another region on the ball's inside would p
 point on the segment to ``c`` closer than the margin.  :func:`region_labels` labels points by
 predicted class, with ``-1`` for near-ties and points outside the domain; ``ball_counts`` and
 ``union_coverage`` given such labels skip every pair of two different non-negative labels.
+
+Streaming: every ``(N, f)`` argument may be a tensor of any float dtype, a numpy array or memory
+map, or a row-sliceable array (:mod:`fsl.geometry.stream`).  Both sides are read in blocks of
+``chunk_q`` / ``chunk_n`` rows (float32 rows of a float32 input are used as they are, no copy),
+the float64 squared norms are computed once (``N`` floats), and the direct float64 test gathers
+only the rows of its pairs: no ``(N, f)`` float64 copy is made.  Cost: one filter product of
+``2 f`` flops per compatible pair, the norms pass, and ``O(f)`` per pair in the band.
 """
 from __future__ import annotations
 
@@ -30,15 +37,9 @@ import torch
 from fsl.checks import check_finite
 
 from ._common import as_box, float32_matmul_is_exact, float32_products_fit
+from .stream import Rows, as_rows, device_of, row_norms
 
 Tensor = torch.Tensor
-
-
-def _filter_dtype(device: torch.device, A: Tensor, B: Tensor) -> torch.dtype:
-    """float32 when float32 matrix products are exact IEEE float32 on ``device`` and the squared
-    norms of ``A`` and ``B`` cannot overflow float32 (:func:`float32_products_fit`), else float64."""
-    exact = float32_matmul_is_exact(device) and float32_products_fit(A.shape[1], A, B)
-    return torch.float32 if exact else torch.float64
 
 
 def _squared_radii(radii, q: int, device) -> Tensor:
@@ -55,23 +56,26 @@ def _squared_radii(radii, q: int, device) -> Tensor:
     return torch.where(r <= 0, torch.full_like(r, -1.0), r * r)
 
 
-def _prepare(fn: str, a_name: str, A: Tensor, b_name: str, B: Tensor, regions_a, regions_b,
-             region_names: tuple[str, str], chunk_q, chunk_n):
-    """Shared input handling of :func:`ball_counts` and :func:`union_coverage`: float64 copies on
-    ``A``'s device, shape / finiteness / region checks, block sizes and the filter dtype."""
-    dev = A.device
-    A = A.detach().to(torch.float64)
-    B = B.detach().to(device=dev, dtype=torch.float64)
-    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
-        raise ValueError(f"expected {a_name} (Q, f) and {b_name} (N, f), got {tuple(A.shape)} and {tuple(B.shape)}")
-    check_finite(f"{fn} {a_name}", A)
-    check_finite(f"{fn} {b_name}", B)
-    ga = _as_groups(regions_a, A.shape[0], dev, region_names[0])
-    gb = _as_groups(regions_b, B.shape[0], dev, region_names[1])
+def _prepare(fn: str, a_name: str, A, b_name: str, B, regions_a, regions_b, region_names: tuple[str, str],
+             chunk_q, chunk_n):
+    """Shared input handling of :func:`ball_counts` and :func:`union_coverage`: row sources on
+    ``A``'s device, shape / finiteness / region checks, float64 squared norms, block sizes and the
+    filter dtype (float32 when float32 matrix products are exact IEEE float32 on the device and the
+    squares cannot overflow float32, :func:`float32_products_fit`; else float64)."""
+    dev = device_of(A, B)
+    sa, sb = tuple(A.shape), tuple(B.shape)
+    if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[1]:
+        raise ValueError(f"expected {a_name} (Q, f) and {b_name} (N, f), got {sa} and {sb}")
+    Ar, Br = as_rows(A, a_name, dev), as_rows(B, b_name, dev)
+    a2, amax = row_norms(Ar, fn, check_finite)
+    b2, bmax = row_norms(Br, fn, check_finite)
+    ga = _as_groups(regions_a, Ar.n, dev, region_names[0])
+    gb = _as_groups(regions_b, Br.n, dev, region_names[1])
     if (ga is None) != (gb is None):
         raise ValueError(f"pass both {region_names[0]} and {region_names[1]}, or neither")
     chunk_q, chunk_n = _default_chunks(dev, chunk_q, chunk_n)
-    return A, B, ga, gb, chunk_q, chunk_n, _filter_dtype(dev, A, B)
+    exact = float32_matmul_is_exact(dev) and float32_products_fit(Ar.f, amax, bmax)
+    return Ar, Br, a2, b2, ga, gb, chunk_q, chunk_n, torch.float32 if exact else torch.float64
 
 
 def _as_groups(groups, n: int, device, name: str) -> Tensor | None:
@@ -86,13 +90,13 @@ def _as_groups(groups, n: int, device, name: str) -> Tensor | None:
 def _blocks(row_groups: Tensor | None, col_groups: Tensor | None, nrow: int, ncol: int, device):
     """``(rows, cols)`` index pairs covering every pair whose labels are compatible."""
     if row_groups is None or col_groups is None:
-        yield torch.arange(nrow, device=device), torch.arange(ncol, device=device)
+        yield torch.arange(nrow, device=device), None  # None: every column
         return
     wild_c = col_groups < 0
     for g in torch.unique(row_groups).tolist():
         rows = torch.nonzero(row_groups == g).squeeze(1)
-        cols = torch.arange(ncol, device=device) if g < 0 else torch.nonzero((col_groups == g) | wild_c).squeeze(1)
-        if rows.numel() and cols.numel():
+        cols = None if g < 0 else torch.nonzero((col_groups == g) | wild_c).squeeze(1)
+        if rows.numel() and (cols is None or cols.numel()):
             yield rows, cols
 
 
@@ -116,34 +120,44 @@ def _band(M: Tensor, lo: Tensor, hi: Tensor, rows: Tensor) -> tuple[Tensor, Tens
     return rows[bi], bj
 
 
-def _filtered_pairs(A: Tensor, B: Tensor, s: Tensor, t: Tensor, chunk_q: int, chunk_n: int, dtype):
-    """Chunks of the low-precision filter ``m = s_b - 2 a·b`` against ``t_a``.
+def _filtered_pairs(A: Rows, rows: Tensor, B: Rows, cols: Tensor | None, a2: Tensor, b2: Tensor, s: Tensor,
+                    t: Tensor, chunk_q: int, chunk_n: int, dtype):
+    """Blocks of the low-precision filter ``m = s_b - 2 a·b`` against ``t_a`` for the rows ``rows`` of
+    ``A`` and the columns ``cols`` of ``B`` (``None``: all); ``a2``, ``b2``: squared norms of the rows
+    and columns, ``s`` (per column) and ``t`` (per row of ``rows``) in float64.
 
-    Yields ``(q0, n0, M, lo, hi)``: ``M`` (rows, cols) in ``dtype``; ``lo``/``hi`` (rows, 1) such that
-    ``M < lo`` implies ``m < t`` and ``M >= hi`` implies ``m >= t`` in exact arithmetic.
+    Yields ``(q0, n0, M, lo, hi, Aq, cidx)``: ``M`` (rows, cols) in ``dtype``; ``lo``/``hi`` (rows, 1)
+    such that ``M < lo`` implies ``m < t`` and ``M >= hi`` implies ``m >= t`` in exact arithmetic;
+    ``Aq`` the float64 rows ``rows[q0:...]``; ``cidx`` the global column indices of the block.
     """
-    f = A.shape[1]
+    f = A.f
     u = float(torch.finfo(dtype).eps) / 2
     kappa = (f + 8) * u * 1.01
     e64 = 8.0 * float(torch.finfo(torch.float64).eps)  # rounding of t and s themselves (float64)
-    an = A.norm(dim=1)
-    bn = B.norm(dim=1)
+    an = a2[rows].sqrt()
     t_err = e64 * (t.abs() + an * an)
-    Al = A.to(dtype)
-    Bl = (-2.0 * B).to(dtype)
-    sl = s.to(dtype)
-    for q0 in range(0, A.shape[0], chunk_q):
-        Aq, tq, anq = Al[q0:q0 + chunk_q], t[q0:q0 + chunk_q], an[q0:q0 + chunk_q]
-        for n0 in range(0, B.shape[0], chunk_n):
-            sn, bmax = s[n0:n0 + chunk_n], bn[n0:n0 + chunk_n].max()
-            smax = sn.abs().max()
+    ncol = B.n if cols is None else cols.numel()
+    for q0 in range(0, rows.numel(), chunk_q):
+        Aq = A.take(rows[q0:q0 + chunk_q])
+        Al = (-2.0 * Aq).to(dtype)  # fl(-2a) = -2 fl(a): the scaling is exact
+        tq, anq = t[q0:q0 + chunk_q], an[q0:q0 + chunk_q]
+        for n0 in range(0, ncol, chunk_n):
+            n1 = min(n0 + chunk_n, ncol)
+            if cols is None:
+                cidx = torch.arange(n0, n1, device=Aq.device)
+                X = B.chunk(n0, n1, dtype)
+            else:
+                cidx = cols[n0:n1]
+                X = B.take(cidx, dtype)
+            sn = s[cidx]
+            bmax, smax = b2[cidx].max().sqrt(), sn.abs().max()
             E = kappa * (2.0 * anq * bmax + smax) + t_err[q0:q0 + chunk_q] + e64 * (smax + bmax * bmax)
             lo, hi = tq - E, tq + E
             # rounding lo / hi to the filter's precision must not move them inwards
             lo = (lo - 2 * u * lo.abs()).to(dtype)[:, None]
             hi = (hi + 2 * u * hi.abs()).to(dtype)[:, None]
-            M = torch.addmm(sl[n0:n0 + chunk_n][None, :], Aq, Bl[n0:n0 + chunk_n].T)
-            yield q0, n0, M, lo, hi
+            M = torch.addmm(sn.to(dtype)[None, :], Al, X.T)
+            yield q0, n0, M, lo, hi, Aq, cidx
 
 
 def _default_chunks(device: torch.device, chunk_q, chunk_n) -> tuple[int, int]:
@@ -164,29 +178,34 @@ def region_labels(features: Tensor, weight: Tensor, bias: Tensor, lower=None, up
     Returns: ``(N,)`` int64, the predicted class, or ``-1`` for near-ties and for features outside
     the domain (such points are compared with every ball).
     """
-    X = features.detach().to(torch.float64)
-    W = weight.detach().to(X.device, torch.float64)
-    b = bias.detach().to(X.device, torch.float64)
-    z = torch.addmm(b, X, W.T)
-    pred = z.argmax(1)
-    if z.shape[1] > 1:
-        top2 = z.topk(2, dim=1).values
-        tie = (top2[:, 0] - top2[:, 1]) <= rel_tol * (1.0 + z.abs().amax(1))
-    else:
-        tie = torch.zeros_like(pred, dtype=torch.bool)
-    lo, hi = as_box(lower, upper, X.shape[1], torch.float64, X.device)
-    outside = ((X < lo) | (X > hi)).any(1)
-    return torch.where(tie | outside | ~torch.isfinite(z).all(1), torch.full_like(pred, -1), pred)
+    dev = device_of(features, weight)
+    F = as_rows(features, "features", dev)
+    W = weight.detach().to(dev, torch.float64)
+    b = bias.detach().to(dev, torch.float64)
+    lo, hi = as_box(lower, upper, F.f, torch.float64, dev)
+    out = torch.empty(F.n, dtype=torch.long, device=dev)
+    for n0, X in F.blocks(8192, torch.float64):
+        z = torch.addmm(b, X, W.T)
+        pred = z.argmax(1)
+        if z.shape[1] > 1:
+            top2 = z.topk(2, dim=1).values
+            tie = (top2[:, 0] - top2[:, 1]) <= rel_tol * (1.0 + z.abs().amax(1))
+        else:
+            tie = torch.zeros_like(pred, dtype=torch.bool)
+        unsure = tie | ((X < lo) | (X > hi)).any(1) | ~torch.isfinite(z).all(1)
+        out[n0:n0 + X.shape[0]] = torch.where(unsure, torch.full_like(pred, -1), pred)
+    return out
 
 
-def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=True,
+def ball_counts(centers, radii: Tensor, points, exclude_self=True,
                 center_regions: Tensor | None = None, point_regions: Tensor | None = None,
                 chunk_q: int | None = None, chunk_n: int | None = None) -> Tensor:
     """Number of ``points`` strictly inside each ball ``||p - c|| < r`` (float64 decisions).
 
     Args:
         centers: ``(Q, f)``; radii: ``(Q,)`` or a scalar (``inf`` counts every point, ``<= 0``
-            counts none, NaN raises); points: ``(N, f)``.
+            counts none, NaN raises); points: ``(N, f)``.  Tensors, numpy arrays or memory maps
+            (see the module docstring: streamed, never copied whole).
         exclude_self: ``True``: when ``points`` is ``centers`` (the same tensor, or an equal one),
             point ``q`` is not counted in ball ``q`` (other exact duplicates are counted);
             a ``(Q,)`` long tensor: index of the point to exclude for each center (-1 = none);
@@ -199,13 +218,13 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
 
     Returns: ``(Q,)`` int64.
     """
-    dev = centers.device
-    C, P, cg, pg, chunk_q, chunk_n, dtype = _prepare(
+    C, P, c2, p2, cg, pg, chunk_q, chunk_n, dtype = _prepare(
         "ball_counts", "centers", centers, "points", points, center_regions, point_regions,
         ("center_regions", "point_regions"), chunk_q, chunk_n)
-    Qn, N = C.shape[0], P.shape[0]
+    dev = C.device
+    Qn, N = C.n, P.n
     r2 = _squared_radii(radii, Qn, dev)
-    selfidx = _self_index(exclude_self, centers, points)
+    selfidx = _self_index(exclude_self, C, P)
     counts = torch.zeros(Qn, dtype=torch.long, device=dev)
     everything = torch.isinf(r2)
     nothing = r2 < 0
@@ -220,23 +239,21 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
             counts[rows] = torch.where(g < 0, torch.full_like(g, N), per[g.clamp_min(0)] + wild)
     live = torch.nonzero(~everything & ~nothing).squeeze(1)
     if live.numel() and N:
-        pn = (P * P).sum(1)
         lg = cg[live] if cg is not None else None
         for rows_l, cols in _blocks(lg, pg, live.numel(), N, dev):
             rows = live[rows_l]
-            Cb, Pb = C[rows], P[cols]
-            t = r2[rows] - (Cb * Cb).sum(1)
+            rr = r2[rows]
             out = torch.zeros(rows.numel(), dtype=torch.long, device=dev)
-            for q0, n0, M, lo, hi in _filtered_pairs(Cb, Pb, pn[cols], t, chunk_q, chunk_n, dtype):
+            for q0, n0, M, lo, hi, Aq, cidx in _filtered_pairs(C, rows, P, cols, c2, p2, p2, rr - c2[rows],
+                                                               chunk_q, chunk_n, dtype):
                 sure = (M < lo).sum(1, dtype=torch.int32)
                 maybe = (M < hi).sum(1, dtype=torch.int32)
                 out[q0:q0 + M.shape[0]] += sure.long()
                 band_rows = torch.nonzero(maybe > sure).squeeze(1)
                 if band_rows.numel():
                     qi, bj = _band(M, lo, hi, band_rows)
-                    qi = qi + q0
-                    ok = _direct_inside(Cb[qi], Pb[bj + n0], r2[rows][qi])
-                    out.index_add_(0, qi, ok.long())
+                    ok = _direct_inside(Aq[qi], P.take(cidx[bj]), rr[qi + q0])
+                    out.index_add_(0, qi + q0, ok.long())
             counts[rows] += out
     if selfidx is not None:  # remove the excluded point where it was counted
         q = torch.nonzero(selfidx >= 0).squeeze(1)
@@ -245,27 +262,29 @@ def ball_counts(centers: Tensor, radii: Tensor, points: Tensor, exclude_self=Tru
             p = selfidx[q]
             if bool((p >= N).any()):
                 raise ValueError(f"exclude_self: index out of range for {N} points")
-            counted = _compatible(cg, pg, q, p) & (everything[q] | _direct_inside(C[q], P[p], r2[q]))
+            counted = _compatible(cg, pg, q, p) & (everything[q] | _direct_inside(C.take(q), P.take(p), r2[q]))
             counts[q] -= counted.long()
     if Qn and int(counts.min()) < 0:  # pragma: no cover - bug guard: a count is never negative
         raise RuntimeError(f"ball_counts: negative count {int(counts.min())}; please report this input")
     return counts
 
 
-def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, query_regions: Tensor | None = None,
+def union_coverage(queries, centers, radii: Tensor, query_regions: Tensor | None = None,
                    center_regions: Tensor | None = None, chunk_q: int | None = None,
                    chunk_n: int | None = None) -> Tensor:
     """``(Q,)`` bool: the query lies strictly inside at least one ball ``||q - c_k|| < r_k``.
 
-    ``query_regions`` / ``center_regions``: optional labels from :func:`region_labels` (see
-    :func:`ball_counts`; valid for balls of radius at most their centre's flip margin).
+    ``queries`` ``(Q, f)`` and ``centers`` ``(N, f)``: tensors, numpy arrays or memory maps (see
+    the module docstring).  ``query_regions`` / ``center_regions``: optional labels from
+    :func:`region_labels` (see :func:`ball_counts`; valid for balls of radius at most their centre's
+    flip margin).
     """
-    dev = queries.device
-    X, C, qg, cg, chunk_q, chunk_n, dtype = _prepare(
+    X, C, x2, c2, qg, cg, chunk_q, chunk_n, dtype = _prepare(
         "union_coverage", "queries", queries, "centers", centers, query_regions, center_regions,
         ("query_regions", "center_regions"), chunk_q, chunk_n)
-    r2 = _squared_radii(radii, C.shape[0], dev)
-    out = torch.zeros(X.shape[0], dtype=torch.bool, device=dev)
+    dev = X.device
+    r2 = _squared_radii(radii, C.n, dev)
+    out = torch.zeros(X.n, dtype=torch.bool, device=dev)
     valid = r2 >= 0
     inf_b = torch.isinf(r2)
     if bool(inf_b.any()):  # an infinite ball covers every compatible query
@@ -277,45 +296,38 @@ def union_coverage(queries: Tensor, centers: Tensor, radii: Tensor, query_region
     keep = torch.nonzero(valid & ~inf_b).squeeze(1)
     if keep.numel() == 0:
         return out
-    C, r2 = C[keep], r2[keep]
-    cg = cg[keep] if cg is not None else None
-    s = (C * C).sum(1) - r2
-    for rows, cols in _blocks(qg, cg, X.shape[0], C.shape[0], dev):
+    s = c2 - r2  # per centre; only the kept ones are read
+    for rows, cols in _blocks(qg, cg[keep] if cg is not None else None, X.n, keep.numel(), dev):
         rows = rows[~out[rows]]
         if rows.numel() == 0:
             continue
-        Xb, Cb, r2b = X[rows], C[cols], r2[cols]
-        t = -(Xb * Xb).sum(1)
+        cols = keep if cols is None else keep[cols]
         cov = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
-        for q0, n0, M, lo, hi in _filtered_pairs(Xb, Cb, s[cols], t, chunk_q, chunk_n, dtype):
+        for q0, n0, M, lo, hi, Aq, cidx in _filtered_pairs(X, rows, C, cols, x2, c2, s, -x2[rows],
+                                                           chunk_q, chunk_n, dtype):
             cq = cov[q0:q0 + M.shape[0]]
             cq |= (M < lo).any(1)
             band_rows = torch.nonzero((M < hi).any(1) & ~cq).squeeze(1)
             if band_rows.numel():
                 qi, bj = _band(M, lo, hi, band_rows)
-                qi = qi + q0
-                ok = _direct_inside(Xb[qi], Cb[bj + n0], r2b[bj + n0])
-                cov[qi[ok]] = True
+                ok = _direct_inside(Aq[qi], C.take(cidx[bj]), r2[cidx[bj]])
+                cov[qi[ok] + q0] = True
         out[rows] |= cov
     return out
 
 
-def _self_index(exclude_self, centers: Tensor, points: Tensor) -> Tensor | None:
+def _self_index(exclude_self, centers: Rows, points: Rows) -> Tensor | None:
+    dev = centers.device
     if exclude_self is False or exclude_self is None:
         return None
     if isinstance(exclude_self, Tensor):
-        idx = exclude_self.to(device=centers.device, dtype=torch.long).reshape(-1)
-        if idx.numel() != centers.shape[0]:
-            raise ValueError(f"exclude_self: expected {centers.shape[0]} indices (one per center), got {idx.numel()}")
+        idx = exclude_self.to(device=dev, dtype=torch.long).reshape(-1)
+        if idx.numel() != centers.n:
+            raise ValueError(f"exclude_self: expected {centers.n} indices (one per center), got {idx.numel()}")
         return idx
-    same = points is centers or (
-        points.shape == centers.shape and points.device == centers.device
-        and points.data_ptr() == centers.data_ptr())
-    if not same and points.shape == centers.shape:
-        same = bool(torch.equal(points, centers))
-    if not same:
+    if not (centers.same_as(points) or centers.equal(points)):
         return None
-    return torch.arange(centers.shape[0], device=centers.device)
+    return torch.arange(centers.n, device=dev)
 
 
 def ambiguity(margin: Tensor, hull_distance: Tensor) -> Tensor:

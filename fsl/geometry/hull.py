@@ -4,18 +4,25 @@ For queries ``q`` and points ``D`` (N x f):
 
     minimize ||q - a^T D||^2   subject to a >= 0, sum(a) = 1.
 
-Working-set (fully corrective Frank-Wolfe) method, all queries batched:
+Working-set method, all queries batched: fully corrective Frank-Wolfe (simplicial decomposition,
+column generation; Lacoste-Julien & Jaggi, "On the Global Linear Convergence of Frank-Wolfe
+Optimization Variants", NeurIPS 2015, arXiv:1511.05932), whose restricted problems are solved
+exactly by the primal active-set method of Wolfe's minimum-norm-point algorithm (P. Wolfe,
+"Finding the nearest point in a polytope", Math. Programming 11, 1976; Lawson & Hanson's NNLS):
 
 1. *Start*: the ``k_init`` nearest points of each query (one pass over ``D``).
 2. *Restricted solve*: the QP over the working set ``S`` is solved exactly by a batched primal
-   active-set method on the Gram matrix ``G = (D_S - q)(D_S - q)^T`` (bordered KKT systems
-   ``[G_PP 1; 1^T 0]`` on the passive set, ratio test, several additions per iteration).
-3. *Pricing*: one matrix product over all ``N`` points (chunked) gives, for ``u = q - p``,
+   active-set method on the Gram matrix ``G = (D_S - q)(D_S - q)^T``
+   (:func:`fsl.geometry._common.simplex_qp`).  ``G`` and the inverse of the support's KKT matrix
+   are kept between rounds: a round computes only the rows of its new candidates, and the
+   active-set steps update the inverse (``O(K^2)`` each) instead of factorising.
+3. *Pricing*: one matrix product over all ``N`` points (in row chunks) gives, for ``u = q - p``,
    ``max_k u·d_k``; the Frank-Wolfe gap ``gap = 2 (max_k u·d_k - u·p)`` bounds
-   ``||q - p||^2 - d*^2`` from above (a certificate), and the best ``k_add`` points join ``S``.
-   Points with zero weight leave ``S``.  Repeat until certified.  The pass runs in float32 where
-   float32 products are exact IEEE float32; its rounding is bounded and every possible maximiser
-   is rescored in float64, so the gap is exactly the float64 one (see :func:`_price`).
+   ``||q - p||^2 - d*^2`` from above (a certificate), and the best candidates join ``S`` (at least
+   ``k_add``, and ``grow`` times the support size).  Points with zero weight leave ``S``.  Repeat
+   until certified.  The pass runs in float32 where float32 products are exact IEEE float32; its
+   rounding is bounded and every possible maximiser is rescored in float64, so the gap is the
+   float64 one (see :class:`fsl.geometry.stream.Pricer`).
 
 Certificate: ``relative_gap = gap / max(||q - p||^2, (1e-3 R)^2)`` where ``R`` is the RMS
 distance of the points to their centroid; ``certified`` means
@@ -23,16 +30,22 @@ distance of the points to their centroid; ``certified`` means
 1e-6 R^2)``: relative accuracy when the query is outside the hull, and an absolute accuracy of
 about ``1e-6 R`` on the distance for queries inside (distance 0) or extremely close to it.
 The returned ``lower_bound = max(0, ||u|| - gap / (2 ||u||))`` is the separating-hyperplane bound.
+
+Streaming: ``points`` may be a tensor, a numpy array or a memory map (:mod:`fsl.geometry.stream`);
+they are only ever read in row chunks (the statistics, the seeding pass and every pricing pass)
+and gathered by index (working sets and rescored candidates, in float64).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from fsl.checks import check_finite
 
-from ._common import batched_solve, float32_matmul_is_exact, float32_products_fit
+from ._common import float32_matmul_is_exact, float32_products_fit, simplex_qp
+from .stream import Pricer, as_rows, centered_stats
 
 Tensor = torch.Tensor
 
@@ -70,308 +83,206 @@ class HullResult:
         return self.certified & (self.distance <= self.stats.get("inside_tol", 0.0))
 
 
-def _restricted_solve(E: Tensor, valid: Tensor, a: Tensor, max_iter: int, add_per_iter: int):
-    """Exact min ||a^T E||^2 over the simplex on the valid entries; batched active set.
-
-    E: (Q, K, f) points minus query; valid: (Q, K) bool; a: (Q, K) feasible start.
-    Returns the new weights (Q, K) and the number of iterations used.
-    """
-    Q, K, f = E.shape
-    dt = E.dtype
-    dev = E.device
-    G = E @ E.transpose(1, 2)  # (Q, K, K)
-    dg = torch.diagonal(G, dim1=1, dim2=2)
-    gscale = dg.masked_fill(~valid, 0).amax(1).clamp_min(1e-300)  # (Q,)
-    reg = 1e-15 * gscale
-    P = (a > 0) & valid
-    live = torch.arange(Q, device=dev)
-    it = 0
-    prio = torch.full((Q,), -1, dtype=torch.long, device=dev)  # most violating index just added
-    for it in range(1, max_iter + 1):
-        if live.numel() == 0:
-            break
-        Gl, Pl, al, vl = G[live], P[live], a[live], valid[live]
-        Ml = live.numel()
-        Pf = Pl.to(dt)
-        # bordered KKT [G_PP + reg I, 1; 1^T, 0] [alpha; -nu] = [0; 1], identity on non-P rows
-        Mx = torch.zeros((Ml, K + 1, K + 1), dtype=dt, device=dev)
-        Mx[:, :K, :K] = Gl * (Pf[:, :, None] * Pf[:, None, :]) + torch.diag_embed(
-            (1.0 - Pf) + Pf * reg[live][:, None])
-        Mx[:, :K, K] = Pf
-        Mx[:, K, :K] = Pf
-        rhs = torch.zeros((Ml, K + 1), dtype=dt, device=dev)
-        rhs[:, K] = 1.0
-        sol = batched_solve(Mx, rhs)
-        alpha = sol[:, :K] * Pf
-        feasible = ~((alpha <= 0) & Pl).any(1)
-        # infeasible target: ratio test towards alpha, drop the blocking indices
-        dlt = alpha - al
-        ratio = torch.where(Pl & (alpha <= 0) & (dlt < 0), al / (-dlt).clamp_min(1e-300),
-                            torch.full_like(al, float("inf")))
-        theta = ratio.amin(1).clamp(0, 1)
-        theta = torch.where(feasible, torch.ones_like(theta), theta)
-        anew = al + theta[:, None] * dlt
-        anew = torch.where(Pl, anew, torch.zeros_like(anew))
-        stall = torch.zeros_like(feasible)
-        Pn = Pl.clone()
-        if not bool(feasible.all()):
-            blocking = (~feasible)[:, None] & Pl & (ratio <= theta[:, None] * (1 + 1e-12))
-            # Lawson-Hanson: the single most violating new index keeps a positive weight in exact
-            # arithmetic; keep it (the other new indices may leave), unless it blocks by itself.
-            pr = prio[live]
-            isprio = torch.zeros_like(blocking)
-            hasp = pr >= 0
-            isprio[hasp.nonzero().squeeze(1), pr[hasp]] = True
-            only = (blocking & ~isprio).any(1)
-            blocking = torch.where(only[:, None], blocking & ~isprio, blocking)
-            stall = (~feasible) & ~only & (theta <= 0)
-            # the most violating index blocks: fall back to adding it alone (the other new ones go)
-            others = Pl & (al == 0) & ~isprio
-            retry = stall & others.any(1)
-            stall = stall & ~retry
-            anew = torch.where(blocking & ~retry[:, None], torch.zeros_like(anew), anew)
-            Pn &= ~torch.where(retry[:, None], others, blocking)
-        anew = anew.clamp_min(0)
-        anew = anew / anew.sum(1, keepdim=True)
-        # optimality of the feasible ones: lambda_k = (G a)_k - nu >= 0 on the valid entries
-        ga = (Gl @ anew[:, :, None]).squeeze(2)
-        nu = (anew * ga).sum(1, keepdim=True)
-        lam = ga - nu
-        tol = 1e-12 * (nu + gscale[live][:, None].sqrt() * nu.clamp_min(0).sqrt()) + 1e-15 * gscale[live][:, None]
-        cand = vl & ~Pn & (lam < -tol)
-        done = (feasible & ~cand.any(1)) | stall
-        addable = feasible & cand.any(1)
-        newprio = torch.full_like(prio[live], -1)
-        if bool(addable.any()):
-            kk = min(add_per_iter, K)
-            lam_m = torch.where(cand, lam, torch.full_like(lam, float("inf")))
-            vals, idx = torch.topk(lam_m, kk, dim=1, largest=False)
-            addm = torch.zeros_like(Pn)
-            addm.scatter_(1, idx, torch.isfinite(vals) & addable[:, None])
-            Pn = Pn | addm
-            newprio = torch.where(addable, idx[:, 0], newprio)
-        a[live] = anew
-        P[live] = Pn
-        prio[live] = torch.where(feasible, newprio, prio[live])
-        live = live[~done]
-    return a, it
+def _solve_working_sets(pr: Pricer, qc: Tensor, S: Tensor, valid: Tensor, a: Tensor, G: Tensor, k_old: int,
+                        H: Tensor | None, c: Tensor | None, max_iter: int, add_per_iter: int):
+    """Exact projections onto the working sets, in blocks of queries: gathers the rows of ``S``
+    (centred, float64) once, fills the Gram columns ``k_old:`` of ``G`` (rows ``d - q``; zero for
+    invalid entries), solves (:func:`simplex_qp`, ``a`` in place, from the inverses ``H`` of the
+    previous supports) and returns the projections ``p = a^T (D_S - c)`` ``(L, f)``, the new ``H``
+    and ``c`` and the largest number of active-set iterations."""
+    L, K = S.shape
+    p = torch.empty_like(qc)
+    Hn = torch.empty((L, K, K), dtype=G.dtype, device=G.device)
+    cn = torch.empty(L, dtype=G.dtype, device=G.device)
+    its = 0
+    step = pr.block_rows(K)
+    for l0 in range(0, L, step):
+        sl = slice(l0, l0 + step)
+        X = pr.centred(S[sl])
+        if k_old < K:
+            E = (X - qc[sl, None, :]) * valid[sl, :, None]
+            C = torch.bmm(E[:, k_old:], E.transpose(1, 2))  # (l, K - k_old, K)
+            G[sl, k_old:, :] = C
+            G[sl, :k_old, k_old:] = C[:, :, :k_old].transpose(1, 2)
+        _, it, Hn[sl], cn[sl] = simplex_qp(G[sl], valid[sl], a[sl], max_iter, add_per_iter,
+                                           None if H is None else H[sl], None if c is None else c[sl])
+        p[sl] = torch.bmm(a[sl, None, :], X).squeeze(1)
+        its = max(its, it)
+    return p, Hn, cn, its
 
 
-def _topk_merge(best, v, i, k):
-    if best is None:
-        return v, i
-    cv, ci = torch.cat([best[0], v], 1), torch.cat([best[1], i], 1)
-    vv, j = torch.topk(cv, min(k, cv.shape[1]), dim=1)
-    return vv, ci.gather(1, j)
-
-
-def _topk_products(U: Tensor, Dc: Tensor, k: int, chunk_n: int):
-    """For each row u of U: the top-k values of ``u·d`` over the rows d of ``Dc`` (chunked) and their
-    indices, in U's dtype: ``(Q, k)``, ``(Q, k)``."""
-    best = None
-    for n0 in range(0, Dc.shape[0], chunk_n):
-        s = U @ Dc[n0:n0 + chunk_n].T
-        v, i = torch.topk(s, min(k, s.shape[1]), dim=1)
-        best = _topk_merge(best, v, i + n0, k)
-    return best
-
-
-def _price(U: Tensor, Dc: Tensor, Dl: Tensor | None, dnorm: float, k: int, k_check: int, chunk_n: int):
-    """``max_k u·d_k`` (exact in float64: the certificate) and the top-k points, for each row u of U.
-
-    With a low-precision copy ``Dl`` of the points, the pass runs in that precision: every
-    ``|fl(u·d) - u·d| <= E = (f + 4) u_32 |u| max|d|``, so the true maximiser is among the points
-    scoring at least ``max fl(u·d) - 2E``.  The best ``k_check`` low-precision scores are recomputed
-    in float64; a query with more than ``k_check`` such near-maximisers gets a float64 pass.
-
-    Returns ``(vmax (Q,), vtop (Q, k), itop (Q, k))`` with float64 values.
-    """
-    if Dl is None:
-        vtop, itop = _topk_products(U, Dc, k, chunk_n)
-        return vtop[:, 0], vtop, itop
-    f = U.shape[1]
-    unit = float(torch.finfo(Dl.dtype).eps) / 2
-    kc = min(max(k, k_check), Dc.shape[0])
-    vl, il = _topk_products(U.to(Dl.dtype), Dl, kc, chunk_n)
-    E = (f + 4) * unit * 1.01 * U.norm(dim=1) * dnorm
-    exact = (Dc[il] * U[:, None, :]).sum(2)  # (Q, kc) recomputed in float64
-    vmax = exact.amax(1)
-    # the kc-th low-precision score must fall below the near-max band, else points may be missing
-    unsure = vl[:, -1].to(U.dtype) >= vl[:, 0].to(U.dtype) - 2.0 * E - 4 * unit * vl[:, 0].abs().to(U.dtype)
-    if kc < Dc.shape[0] and bool(unsure.any()):
-        rows = torch.nonzero(unsure).squeeze(1)
-        v64, i64 = _topk_products(U[rows], Dc, kc, chunk_n)
-        exact[rows], il[rows], vmax[rows] = v64, i64, v64[:, 0]
-    vtop, j = torch.topk(exact, min(k, kc), dim=1)
-    return vmax, vtop, il.gather(1, j)
-
-
-def hull_distances(queries: Tensor, points: Tensor, tol: float = 1e-6, k_init: int = 8,
+def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
                    k_add: int = 8, max_rounds: int = 100, max_working: int | None = None,
                    chunk_q: int = 2048, chunk_n: int = 16384, dtype: torch.dtype = torch.float64,
                    pricing_dtype: torch.dtype | None = None, inner_max_iter: int = 500,
-                   add_per_iter: int = 2, k_check: int = 32) -> HullResult:
+                   add_per_iter: int = 4, k_check: int = 32, *, grow: float = 0.5,
+                   gather_mb: int = 256) -> HullResult:
     """Distance from each query to the convex hull of ``points``, with a certified gap.
 
     Args:
-        queries: ``(Q, f)``; points: ``(N, f)`` (any float dtype / device).
+        queries: ``(Q, f)`` tensor (any float dtype / device: the computation runs there).
+        points: ``(N, f)``: a tensor of any float dtype / device, a numpy array or memory map, or
+            a row-sliceable array (see :mod:`fsl.geometry.stream`); read in chunks, never copied
+            whole.
         tol: relative duality-gap tolerance for ``certified`` (see the module docstring).
-        k_init: nearest points that seed the working set; k_add: points added per round.
+        k_init: nearest points that seed the working set; k_add: fewest points added per round;
+            grow: a round adds up to ``max(k_add, grow * support size)`` improving points.
+        add_per_iter: indices joining the active set per active-set step (4: fewer, larger steps
+            than 2 at the same speed on an idle machine, and fewer small operations, which matters
+            on a busy 2-core machine; at f = 2,048 ``grow=1, k_init=32, add_per_iter=8`` saves a few
+            rounds).
         max_rounds: pricing rounds (each one pass over ``points`` for the unfinished queries).
-        max_working: cap on the working-set size (default ``f + 1 + k_add``... at least 64).
+        max_working: cap on the working-set size (default ``max(64, f + 1 + 2 k_add)``).
         chunk_q, chunk_n: query / point chunk sizes of the pricing matmul (memory
             ``chunk_q * chunk_n`` scores).
         dtype: computation dtype (float64).
         pricing_dtype: dtype of the pricing pass over all points (default float32 where float32
             matrix products are IEEE float32, i.e. ``torch.get_float32_matmul_precision() ==
-            "highest"`` and no TF32; else ``dtype``).  The certificate stays exact: the rounding
-            of the pass is bounded and every point that could be the maximiser within that bound
-            is rescored in ``dtype`` (see :func:`_price`).
-        k_check: low-precision scores rescored per query and pass (more near-maximisers than this
-            trigger a pass in ``dtype`` for that query).
+            "highest"`` and no TF32, and cannot overflow; else ``dtype``).  The certificate stays
+            exact: the rounding of the pass is bounded and every point that could be the maximiser
+            within that bound is rescored in ``dtype`` (see :class:`fsl.geometry.stream.Pricer`).
+        k_check: float32 scores kept per query and pass (at least the candidates): the rescoring
+            pool of :class:`fsl.geometry.stream.Pricer` (more near-maximisers trigger a wider pass).
+        gather_mb: size of the blocks of float64 rows gathered at once (working sets, rescoring).
+
+    Cost: ``rounds + 1`` passes of ``2 Q N f`` flops (float32 GEMM, the unfinished queries only;
+    typically 6-12 rounds) and two statistics passes over the points; per round and query, ``K``
+    gathered float64 rows (``K`` the working-set size: the support plus the new candidates),
+    ``O(m K f)`` flops for the ``m`` new Gram rows, ``O(K^2)`` per active-set step and a few rescored
+    candidates.  Memory beyond the inputs: ``N`` float64 squared norms, a ``chunk_q x chunk_n``
+    float32 score block, blocks of a few times ``gather_mb`` of gathered rows, and two float64
+    ``chunk_q x K x K`` arrays (the Gram matrices and the inverses); float64 ``points`` also get a
+    centred float32 copy (half their size).  Never an ``(N, f)`` float64 array: for float32 points
+    the whole call stays within about the size of the points (measured in the tests).
     """
     dev = queries.device
-    Dp = points.detach().to(device=dev, dtype=dtype)
     Qx = queries.detach().to(dtype)
-    if Dp.ndim != 2 or Qx.ndim != 2 or Dp.shape[1] != Qx.shape[1]:
+    rows = as_rows(points, "points", dev)
+    if Qx.ndim != 2 or rows.f != Qx.shape[1]:
         raise ValueError(f"hull_distances: expected queries (Q, f) and points (N, f), got {tuple(Qx.shape)} and "
-                         f"{tuple(Dp.shape)}")
-    if Dp.shape[0] == 0:
+                         f"{rows.shape}")
+    if rows.n == 0:
         raise ValueError("hull_distances: no points; the convex hull of an empty set is empty (pass at least one "
                          "training feature)")
     check_finite("hull_distances queries", Qx)
-    check_finite("hull_distances points", Dp)
-    N, f = Dp.shape
+    N, f = rows.shape
     Qn = Qx.shape[0]
     if max_working is None:
         max_working = max(64, min(N, f + 1 + 2 * k_add))
     max_working = min(max_working, N)
-    k_init = min(k_init, N)
-    k_add = min(k_add, N)
-    cen = Dp.mean(0)
-    Dc = Dp - cen
+    k_init, k_add = min(k_init, N), min(k_add, N)
+    st = centered_stats(rows, "hull_distances", check_finite)  # also checks that the points are finite
+    cen = st["cen"]
     Qc = Qx - cen
     if pricing_dtype is None:  # float32 pricing only where float32 products are IEEE float32 and cannot overflow
-        exact32 = float32_matmul_is_exact(dev) and float32_products_fit(f, Dc, Qc)
+        exact32 = float32_matmul_is_exact(dev) and float32_products_fit(f, 2 * st["absmax"], Qc)
         pricing_dtype = torch.float32 if (exact32 and dtype == torch.float64) else dtype
-    pdtype = pricing_dtype
-    R = float(((Dc ** 2).sum(1).mean()).sqrt()) if N else 1.0
+    R = math.sqrt(float(st["n2"].mean()))
     R = R if R > 0 else 1.0
     floor2 = (1e-3 * R) ** 2
-    Dl = Dc.to(pdtype) if pdtype != dtype else None
-    dn2 = (Dc ** 2).sum(1)
-    dnorm = float(dn2.max().sqrt()) if N else 0.0
-    Daug = torch.cat([Dc, dn2[:, None]], 1).to(pdtype)  # 2 q·d - |d|^2 in one product
+    pr = Pricer(rows, st, pricing_dtype, dtype, chunk_n, gather_mb)
 
     out_p = torch.empty((Qn, f), dtype=dtype, device=dev)
     out_gap = torch.full((Qn,), float("inf"), dtype=dtype, device=dev)
     out_d = torch.empty((Qn,), dtype=dtype, device=dev)
     out_cert = torch.zeros(Qn, dtype=torch.bool, device=dev)
-    stats = dict(rounds=0, pricing_passes=0, max_working=0, inner_iterations=0, R=R,
-                 inside_tol=1e-6 * R)
-    supp_idx_all = []
+    stats = dict(rounds=0, pricing_passes=0, max_working=0, inner_iterations=0, R=R, inside_tol=1e-6 * R,
+                 live_per_round=[])
+    supp_all = []
     for q0 in range(0, Qn, chunk_q):
         qc = Qc[q0:q0 + chunk_q]
         B = qc.shape[0]
-        # seed: k_init nearest points (largest 2 q·d - |d|^2)
-        qa = torch.cat([2.0 * qc, -torch.ones_like(qc[:, :1])], 1).to(pdtype)
-        S = _topk_products(qa, Daug, k_init, chunk_n)[1]  # (B, K)
-        stats["pricing_passes"] += 1
+        S = pr.seed(qc, k_init)  # (B, K): nearest first
         a = torch.zeros(S.shape, dtype=dtype, device=dev)
         a[:, 0] = 1.0
         valid = torch.ones_like(S, dtype=torch.bool)
+        G = torch.zeros((B,) + S.shape[1:] * 2, dtype=dtype, device=dev)
+        k_old = 0  # Gram columns computed so far
+        H = c = None  # inverses of the supports' KKT matrices (simplex_qp), kept between rounds
         live = torch.arange(B, device=dev)
         Sfin = torch.full((B, 1), -1, dtype=torch.long, device=dev)
         afin = torch.zeros((B, 1), dtype=dtype, device=dev)
-        pfin = torch.empty((B, f), dtype=dtype, device=dev)
-        gfin = torch.full((B,), float("inf"), dtype=dtype, device=dev)
-        dfin = torch.empty((B,), dtype=dtype, device=dev)
-        cfin = torch.zeros(B, dtype=torch.bool, device=dev)
         for rnd in range(max_rounds + 1):
-            stats["rounds"] = max(stats["rounds"], rnd + 1)
-            lpr = stats.setdefault("live_per_round", [])
-            if len(lpr) <= rnd:
-                lpr.append(0)
+            lpr = stats["live_per_round"]
+            lpr += [0] * (rnd + 1 - len(lpr))
             lpr[rnd] += int(live.numel())
             ql = qc[live]
-            Sc = S.clamp_min(0)
-            E = Dc[Sc] - ql[:, None, :]
-            E = torch.where(valid[..., None], E, torch.zeros_like(E))
-            a, its = _restricted_solve(E, valid, a, inner_max_iter, add_per_iter)
+            p, H, c, its = _solve_working_sets(pr, ql, S, valid, a, G, k_old, H, c, inner_max_iter, add_per_iter)
             stats["inner_iterations"] += its
-            p = ql + (a[:, :, None] * E).sum(1)  # centered coordinates
-            u = ql - p
-            # pricing: max_k u·d_k in float64 for the certificate, top k_add as candidates
-            vmax, vtop, itop = _price(u, Dc, Dl, dnorm, k_add, k_check, chunk_n)
-            stats["pricing_passes"] += 1
-            up = (u * p).sum(1)
-            gap = (2.0 * (vmax - up)).clamp_min(0)
-            d2 = (u * u).sum(1)
-            rel = gap / torch.clamp(d2, min=floor2)
-            done = rel <= tol
-            last = rnd == max_rounds
-            fin = done | torch.tensor(last, device=dev)
-            if bool(fin.any()):
-                idx = live[fin]
-                K = S.shape[1]
-                if Sfin.shape[1] < K:
-                    Sfin = torch.cat([Sfin, torch.full((B, K - Sfin.shape[1]), -1, dtype=torch.long, device=dev)], 1)
-                    afin = torch.cat([afin, torch.zeros((B, K - afin.shape[1]), dtype=dtype, device=dev)], 1)
-                sf = torch.where(a[fin] > 0, S[fin], torch.full_like(S[fin], -1))
-                Sfin[idx] = torch.cat([sf, torch.full((idx.numel(), Sfin.shape[1] - K), -1, dtype=torch.long, device=dev)], 1)
-                afin[idx] = torch.cat([torch.where(a[fin] > 0, a[fin], torch.zeros_like(a[fin])),
-                                       torch.zeros((idx.numel(), afin.shape[1] - K), dtype=dtype, device=dev)], 1)
-                pfin[idx] = p[fin]
-                gfin[idx] = gap[fin]
-                dfin[idx] = d2[fin].sqrt()
-                cfin[idx] = done[fin]
-            if last:
-                break
-            keep = ~fin
-            if not bool(keep.any()):
-                break
-            live = live[keep]
-            S, a, valid = S[keep], a[keep], valid[keep]
-            vtop, itop, u = vtop[keep], itop[keep], u[keep]
-            up = up[keep]
-            # new working set: current support + improving candidates not already in it
+            # support first (by decreasing weight), the rest leaves
             supp = (a > 0) & valid
-            cand_ok = vtop > up[:, None]
-            dup = (itop[:, :, None] == torch.where(supp, S, torch.full_like(S, -1))[:, None, :]).any(2)
-            cand_ok &= ~dup
-            # compact: support first (by weight), then candidates
             ns = supp.sum(1)
             order = torch.argsort(torch.where(supp, -a, torch.full_like(a, float("inf"))), dim=1, stable=True)
-            kmax = int(ns.max())
-            S_s = S.gather(1, order[:, :kmax])
-            a_s = a.gather(1, order[:, :kmax])
-            v_s = torch.arange(kmax, device=dev)[None, :] < ns[:, None]
-            S_new = torch.cat([S_s, itop], 1)
-            a_new = torch.cat([torch.where(v_s, a_s, torch.zeros_like(a_s)), torch.zeros_like(vtop)], 1)
-            val_new = torch.cat([v_s, cand_ok], 1)
-            if S_new.shape[1] > max_working:
-                # keep the support and as many candidates as fit
-                ordr = torch.argsort((~val_new).to(torch.int8), dim=1, stable=True)[:, :max_working]
-                S_new, a_new, val_new = S_new.gather(1, ordr), a_new.gather(1, ordr), val_new.gather(1, ordr)
-            S = torch.where(val_new, S_new, torch.zeros_like(S_new))
-            a, valid = a_new, val_new
+            kmax = max(int(ns.max()), 1)
+            o = order[:, :kmax]
+            S, a = S.gather(1, o), a.gather(1, o)
+            valid = torch.arange(kmax, device=dev)[None, :] < ns[:, None]
+            a = torch.where(valid, a, torch.zeros_like(a))
+            S = torch.where(valid, S, torch.zeros_like(S))
+            G = G.gather(1, o[:, :, None].expand(-1, -1, G.shape[2])).gather(2, o[:, None, :].expand(-1, kmax, -1))
+            G = G * (valid[:, :, None] & valid[:, None, :])
+            H = H.gather(1, o[:, :, None].expand(-1, -1, H.shape[2])).gather(2, o[:, None, :].expand(-1, kmax, -1))
+            u = ql - p
+            up = (u * p).sum(1)
+            d2 = (u * u).sum(1)
+            scale = torch.clamp(d2, min=floor2)
+            last = rnd == max_rounds
+            vthr = up + 0.5 * tol * scale * (1 + 1e-9) if not last else torch.full_like(up, float("inf"))
+            m = min(max(k_add, int(math.ceil(grow * kmax))), max(max_working - 1, 1))
+            # exact scores of the support: u·(d_k - c) = u·q - (G a)_k  (u = -sum_j a_j (d_j - q))
+            sS = (u * ql).sum(1, keepdim=True) - torch.bmm(G, a[:, :, None]).squeeze(2)
+            sS = torch.where(valid, sS, torch.full_like(sS, -math.inf))
+            vmax, vtop, itop, exact = pr.price(u, m, k_check, vthr, torch.where(valid, S, -1), sS)
+            gap = (2.0 * (vmax - up)).clamp_min(0)
+            done = (gap / scale <= tol) & exact
+            fin = done | last
+            if bool(fin.any()):
+                idx = live[fin]
+                if Sfin.shape[1] < kmax:
+                    pad = kmax - Sfin.shape[1]
+                    Sfin = torch.cat([Sfin, torch.full((B, pad), -1, dtype=torch.long, device=dev)], 1)
+                    afin = torch.cat([afin, torch.zeros((B, pad), dtype=dtype, device=dev)], 1)
+                Sfin[idx] = -1
+                afin[idx] = 0.0
+                Sfin[idx, :kmax] = torch.where(valid[fin], S[fin], torch.full_like(S[fin], -1))
+                afin[idx, :kmax] = a[fin]
+                out_p[q0 + idx] = p[fin] + cen
+                out_gap[q0 + idx] = gap[fin]
+                out_d[q0 + idx] = d2[fin].sqrt()
+                out_cert[q0 + idx] = done[fin]
+            keep = ~fin
+            if last or not bool(keep.any()):
+                break
+            live, S, a, valid, G, H, c = live[keep], S[keep], a[keep], valid[keep], G[keep], H[keep], c[keep]
+            vtop, itop, up = vtop[keep], itop[keep], up[keep]
+            # new working set: the support, then the improving candidates not already in it
+            cand_ok = (vtop > up[:, None]) & ~(itop[:, :, None] == torch.where(valid, S, -1)[:, None, :]).any(2)
+            room = max(max_working - kmax, 0)
+            if itop.shape[1] > room:  # keep the support and the best candidates that fit
+                ordr = torch.argsort((~cand_ok).to(torch.int8), dim=1, stable=True)[:, :room]
+                itop, cand_ok = itop.gather(1, ordr), cand_ok.gather(1, ordr)
+            S = torch.cat([S, torch.where(cand_ok, itop, torch.zeros_like(itop))], 1)
+            a = torch.cat([a, torch.zeros(itop.shape, dtype=dtype, device=dev)], 1)
+            valid = torch.cat([valid, cand_ok], 1)
+            Gn = torch.zeros((G.shape[0],) + S.shape[1:] * 2, dtype=dtype, device=dev)
+            Gn[:, :kmax, :kmax] = G
+            Hn = torch.diag_embed(torch.ones(S.shape, dtype=dtype, device=dev))
+            Hn[:, :kmax, :kmax] = H
+            G, H, k_old = Gn, Hn, kmax
             stats["max_working"] = max(stats["max_working"], int(valid.sum(1).max()))
-        out_p[q0:q0 + B] = pfin + cen
-        out_gap[q0:q0 + B] = gfin
-        out_d[q0:q0 + B] = dfin
-        out_cert[q0:q0 + B] = cfin
-        supp_idx_all.append((Sfin, afin))
-    K = max(s_[0].shape[1] for s_ in supp_idx_all) if supp_idx_all else 1
+        stats["rounds"] = max(stats["rounds"], rnd + 1)
+        supp_all.append((Sfin, afin))
+    stats.update(pricing_passes=pr.passes, float64_passes=pr.f64_passes, rescored=pr.rescored,
+                 pricing_dtype=str(pricing_dtype).replace("torch.", ""), raw_pricing=pr.raw)
+    K = max(s_[0].shape[1] for s_ in supp_all) if supp_all else 1
     sidx = torch.full((Qn, K), -1, dtype=torch.long, device=dev)
     sw = torch.zeros((Qn, K), dtype=dtype, device=dev)
     o = 0
-    for Sfin, afin in supp_idx_all:
+    for Sfin, afin in supp_all:
         B, k = Sfin.shape
-        order = torch.argsort(-afin, dim=1, stable=True)
-        sidx[o:o + B, :k] = Sfin.gather(1, order)
-        sw[o:o + B, :k] = afin.gather(1, order)
+        sidx[o:o + B, :k] = Sfin
+        sw[o:o + B, :k] = afin
         o += B
-    # trim trailing all-padding columns
     used = int((sidx >= 0).sum(1).max()) if Qn else 0
     sidx, sw = sidx[:, :max(used, 1)], sw[:, :max(used, 1)]
     rel = out_gap / torch.clamp(out_d ** 2, min=floor2)
