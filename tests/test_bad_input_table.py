@@ -440,6 +440,12 @@ ROWS = [
                  "FAILED: RuntimeError: only Tensors of floating point dtype can require gradients",
                  id="refine_to_outputs-int64"),
     # ================================================================ fsl.adversarial
+    pytest.param(lambda c: A.robust_accuracy(torch.rand(8), torch.rand(5), torch.rand(4), torch.ones(5, dtype=torch.bool)),
+                 Raises(ValueError, "robust_accuracy: test_clean"), "PINNED", id="robust_accuracy-length-mismatch"),
+    pytest.param(lambda c: A.adaptive_suite({"pgd": {"attack": "pgd", "eps": 0.1}}, ["msp"], {"lambda": [1.0]}),
+                 Raises(ValueError, "unknown option 'lambda'"), "PINNED", id="adaptive_suite-unknown-option"),
+    pytest.param(lambda c: A.fit_supervised_detectors(None, c.model, nan_image(c), c.y, "pgd", names=["lid"]),
+                 Raises(ValueError, FINITE), "PINNED", id="fit_supervised_detectors-nan-images"),
     pytest.param(lambda c: A.run_attack(c.model, c.x[:0], c.y[:0], "deepfool"), Check(_check_empty_attack),
                  "FAILED: IndexError: amax(): Expected reduction dim 1 to have non-zero size", id="run_attack-empty"),
     pytest.param(lambda c: A.run_attack(c.model, (c.x * 255).long(), c.y, "deepfool"), Raises(TypeError, INT_IMAGES),
