@@ -60,9 +60,9 @@ ROWS = [
     ("distances", 100, 512, 1000, 0),
     ("hull", 10, 64, 60000, 2000),
     ("hull", 10, 2048, 50000, 500),
-    ("hull", 1000, 512, 1281167, 200),
+    ("hull", 1000, 512, 1281167, 100),
     ("balls", 10, 64, 60000, 10000),
-    ("balls", 1000, 512, 1281167, 1000),
+    ("balls", 1000, 512, 1281167, 500),
 ]
 QUICK = [("distances", 10, 64, 3000, 0), ("margins", 10, 64, 3000, 0), ("margins", 100, 512, 500, 0),
          ("margins", 1000, 512, 100, 0), ("hull", 10, 64, 5000, 100), ("balls", 10, 64, 5000, 500)]
@@ -232,7 +232,7 @@ def run_row(row, args, queue):
                        stats={k_: res.stats[k_] for k_ in ("solved", "skipped", "newton", "working_set")})
             k = args.ref if n <= 100 else max(1, args.ref // 5)
             if kind == "distances":
-                k = max(1, min(k, 2000 // n))
+                k = max(1, min(k, 500 // n))
                 out["err"], out["ref_s"] = distances_reference(X, W, b, res, k)
             else:
                 out["err"], out["ref_s"] = margin_reference(X, W, b, res, k)
@@ -242,19 +242,15 @@ def run_row(row, args, queue):
                 if big:
                     out["before"] = f"not run: needs an (f, n^2) = {n * n * f * 8 / 2 ** 30:.0f} GiB matrix"
                 else:
-                    m = N
-                    tb = None
-                    while m >= 1:  # fewer samples until it fits the time limit
-                        Xb = X[:m]
-                        t0 = time.perf_counter()
-                        rb = before.flip_margins(Xb, W, b, lower=0.0, margin_only=margin_only)
-                        tb = time.perf_counter() - t0
-                        if tb <= args.before_limit or m == 1:
-                            break
-                        m = max(1, m // 10)
-                    if tb < 5.0 and args.repeat > 1:  # short: the fastest of --repeat runs, like fsl's own
+                    m = min(N, 10)  # a probe, then as many samples as fit the time limit
+                    t0 = time.perf_counter()
+                    rb = before.flip_margins(X[:m], W, b, lower=0.0, margin_only=margin_only)
+                    tb = time.perf_counter() - t0
+                    m2 = min(N, max(m, int(m / tb * args.before_limit)))
+                    if m2 > m:
+                        m = m2
                         rb, tb = best_time(lambda: before.flip_margins(X[:m], W, b, lower=0.0, margin_only=margin_only),
-                                           args.repeat)
+                                           args.repeat if tb * m2 / 10 < 5.0 else 1)
                     out["before"] = dict(time=tb, rate=m / tb, samples=m,
                                          same=bool(torch.equal(rb.margin, res.margin[:m])),
                                          diff=float((rb.margin - res.margin[:m]).abs().max()))
@@ -296,7 +292,7 @@ def run_row(row, args, queue):
             reset_peak()
             cnt, t = best_time(lambda: ball_counts(C, radii, P, exclude_self=False), 1)
             out.update(time=t, rate=Q / t, peak=peak_mib(base, dev), cert=1.0, data_mib=N * f * 4 / 2 ** 20)
-            k = min(Q, args.ref * 10)
+            k = min(Q, args.ref * 10 if N <= 200000 else args.ref)
             wrong = 0
             for s in range(k):  # brute force in float64
                 c = C[s].double().cpu().numpy()
@@ -323,7 +319,8 @@ def fmt_row(o):
         err += f"; Clarabel {o['clarabel_err']:.1e}"
     bef = o.get("before")
     if isinstance(bef, dict):
-        bef = f"{bef['rate']:,.2f}/s ({bef['samples']:,} timed)"
+        same = "" if "same" not in bef else (", same margins" if bef["same"] else f", margins differ by {bef['diff']:.1e}")
+        bef = f"{bef['rate']:,.2f}/s ({bef['samples']:,} timed{same})"
     return (f"| {o['kind']} | {size} | {o['time']:.2f} | {o['rate']:,.1f} | {o['peak']:,.0f} | "
             f"{o['cert']:.3f} | {err} |" + (f" {bef} |" if bef is not None else ""))
 
@@ -340,7 +337,17 @@ def main():
     ap.add_argument("--before", default="", help="also time fsl/geometry of this git commit")
     ap.add_argument("--before-limit", type=float, default=60.0, help="seconds per 'before' row (fewer samples)")
     ap.add_argument("--before-mem", type=float, default=4.0, help="GiB: skip 'before' rows needing more")
+    ap.add_argument("--out", default="", help="also write the table as markdown here (e.g. docs/scaling.md); "
+                                              "only a file this script wrote is replaced")
     args = ap.parse_args()
+    if args.out:
+        _check_out(args.out)
+    lines = []
+
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+
     rows = QUICK if args.quick else ROWS
     if args.only:
         rows = [r for r in rows if r[0] in args.only.split(",")]
@@ -348,10 +355,11 @@ def main():
         rows = [r for r in rows if f"{r[1]}x{r[2]}" in args.rows.split(",")]
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    print(f"# fsl scaling benchmark on {name}; torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
-    print("| kind | size (N x n x f; hull/balls: Q x N x f) | time s | per second | peak MiB | certified | "
-          "max rel. error vs reference (samples) |" + (f" before ({args.before}) |" if args.before else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if args.before else ""), flush=True)
+    emit(f"# fsl scaling benchmark on {name}; torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
+    emit("")
+    emit("| kind | size (N x n x f; hull/balls: Q x N x f) | time s | per second | peak MiB | certified | "
+         "max rel. error vs reference (samples) |" + (f" before ({args.before}) |" if args.before else ""))
+    emit("|---|---|---|---|---|---|---|" + ("---|" if args.before else ""))
     ctx = mp.get_context("fork")
     results = []
     for row in rows:
@@ -361,8 +369,16 @@ def main():
         o = q.get()
         p.join()
         results.append(o)
-        print(fmt_row(o), flush=True)
-    growth(results)
+        emit(fmt_row(o))
+    law = growth(results)
+    if law:
+        emit("")
+        emit(law)
+    if args.out:
+        cmd = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
+        Path(args.out).write_text(f"{MARKER}\n\nWritten by `{cmd}` on {time.strftime('%Y-%m-%d')}; "
+                                  "columns and references: the docstring of benchmarks/scaling.py.\n\n"
+                                  + "\n".join(lines) + "\n")
 
 
 def growth(results):
@@ -372,7 +388,17 @@ def growth(results):
         A = np.array([[1.0, p[0], p[1]] for p in pts])
         y = np.array([p[2] for p in pts])
         c, *_ = np.linalg.lstsq(A, y, rcond=None)
-        print(f"# time per margin ~ n^{c[1]:.2f} f^{c[2]:.2f} (least squares over {len(pts)} margin rows)")
+        return f"# time per margin ~ n^{c[1]:.2f} f^{c[2]:.2f} (least squares over {len(pts)} margin rows)"
+    return ""
+
+
+MARKER = "<!-- generated by benchmarks/scaling.py: re-run it, do not edit -->"
+
+
+def _check_out(path):
+    p = Path(path)
+    if p.exists() and not p.read_text().startswith(MARKER):
+        raise SystemExit(f"benchmarks/scaling.py: {path} exists and was not written by this script; pick another --out")
 
 
 if __name__ == "__main__":
