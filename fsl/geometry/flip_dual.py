@@ -84,6 +84,13 @@ def dominated(js: Tensor, W: Tensor, b: Tensor, lo: Tensor, hi: Tensor, Wnorm: f
     return out
 
 
+def class_gaps(y: Tensor, pi: Tensor, W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Logit gaps ``r_k = z_i(y) - z_k(y)`` of every class (M, n) for the predicted classes ``pi``
+    (M,) and the tolerance scale ``1 + max_k |z_k(y)|`` (M,)."""
+    z = torch.addmm(b, y, W.T)
+    return z.gather(1, pi[:, None]) - z, 1.0 + z.abs().amax(1)
+
+
 class ClassRows:
     """The rows of all ``n`` classes, indexed by class (the predicted class' slot is padding): every
     product is one matrix product with the shared head ``W``; the Hessian comes from
@@ -105,9 +112,7 @@ class ClassRows:
         return self._at(mu, self.pi)
 
     def gaps(self, y, pi=None):
-        pi = self.pi if pi is None else pi
-        z = torch.addmm(self.b, y, self.W.T)
-        return z.gather(1, pi[:, None]) - z, 1.0 + z.abs().amax(1)
+        return class_gaps(y, self.pi if pi is None else pi, self.W, self.b)
 
     def lift_many(self, cand, rows):
         Mc, Kc, n = cand.shape
@@ -303,12 +308,11 @@ def solve_rows(x, ops, eq, ineq, an2, lo, hi, mu, Wnorm, opts):
 def _violations(y: Tensor, pi: Tensor, pj: Tensor, W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Violation of every class constraint at ``y`` (M, n) (``|r_j|`` for ``j``, ``max(0, -r_k)``
     otherwise, 0 at the predicted class) and the scale ``1 + max_k |z_k(y)|`` (M,)."""
-    z = torch.addmm(b, y, W.T)
-    r = z.gather(1, pi[:, None]) - z
+    r, scale = class_gaps(y, pi, W, b)
     ar = torch.arange(W.shape[0], device=y.device)
     v = torch.where(ar[None, :] == pj[:, None], r.abs(), (-r).clamp_min(0))
     v = torch.where(ar[None, :] == pi[:, None], torch.zeros_like(v), v)
-    return v, 1.0 + z.abs().amax(1)
+    return v, scale
 
 
 def solve_pairs(x, pi, pj, mu_j, W, b, lo, hi, Wd2, Wnorm, opts, add: int = 8):
