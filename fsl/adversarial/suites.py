@@ -59,7 +59,7 @@ def check_suite(suite: Mapping) -> dict[str, dict]:
 
 #: the options of the adaptive attacks (the adversarial analysis' ``adaptive`` node)
 ADAPTIVE_OPTIONS = {"enabled": True, "detectors": None, "like": None, "lambdas": [0.1, 1.0, 10.0],
-                    "variants": ["sum", "orthogonal", "selective"]}
+                    "variants": ["sum", "orthogonal", "selective"], "early_stop": True}
 
 
 def budget_entry(suite: Mapping[str, Mapping], like: str | None = None) -> str:
@@ -83,7 +83,7 @@ def budget_entry(suite: Mapping[str, Mapping], like: str | None = None) -> str:
 def adaptive_suite(suite: Mapping[str, Mapping], detectors, options: Mapping | None = None) -> dict[str, dict]:
     """``suite`` plus ``adaptive_<detector>: {attack: adaptive, target: <detector>, ...}`` for each of
     ``detectors`` (``options["detectors"]``, when given, picks among them) with the budget (``eps``,
-    ``alpha``, ``steps``, norm) of :func:`budget_entry` and the ``lambdas`` / ``variants`` of
+    ``alpha``, ``steps``, norm) of :func:`budget_entry` and the ``lambdas`` / ``variants`` / ``early_stop`` of
     ``options`` (:data:`ADAPTIVE_OPTIONS`). ConfigError for a detector without a differentiable score
     (:func:`fsl.adversarial.detectors.registry.require_torch_score`) or an unknown option."""
     from fsl.adversarial.detectors.registry import require_torch_score
@@ -105,5 +105,6 @@ def adaptive_suite(suite: Mapping[str, Mapping], detectors, options: Mapping | N
     for d in chosen:
         require_torch_score(d)
         out[f"adaptive_{d}"] = {"attack": "adaptive", "target": d, **budget, "norm": norm,
-                                "lambdas": [float(v) for v in opts["lambdas"]], "variants": list(opts["variants"])}
+                                "lambdas": [float(v) for v in opts["lambdas"]], "variants": list(opts["variants"]),
+                                "early_stop": bool(opts["early_stop"])}
     return out

@@ -47,6 +47,62 @@ def test_orthogonal_and_selective_variants_alone(toy, variant):
     assert float(res.linf.max()) <= 0.1 + 1e-6 and res.success_rate >= 0.9
 
 
+class _Counting(torch.nn.Module):
+    """Counts the images ``forward_features`` sees (the attack's cost)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward_features(self, x):
+        self.images += len(x)
+        return self.model.forward_features(x)
+
+    def forward_head(self, f):
+        return self.model.forward_head(f)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_early_stop_off_or_with_no_floor_is_the_full_attack(toy):
+    """With a floor no score reaches, early stopping is a no-op: bit-identical to ``early_stop=False``."""
+    model, x, y, f_tr, y_tr, det = toy
+    kw = dict(detector=det["mahalanobis"], eps=0.1, steps=8, lambdas=[1.0, 10.0], seed=5)
+    full = run_attack(model, x[:30], y[:30], "adaptive", early_stop=False, **kw)
+    none = run_attack(model, x[:30], y[:30], "adaptive", early_stop=True, floor_score=-float("inf"), **kw)
+    assert torch.equal(full.adv_images, none.adv_images)
+
+
+def test_early_stop_leaves_out_only_samples_below_every_clean_score(toy):
+    """The samples left out are misclassified and score below the clean floor, so the AUROC of the
+    target detector is the full attack's or lower; it costs a fraction of the forward passes."""
+    from fsl.adversarial.methods.adaptive_detector import clean_floor
+
+    model, x, y, f_tr, y_tr, det = toy
+    d = det["mahalanobis"]
+    floor = clean_floor(model, d, x)
+    with torch.no_grad():
+        clean = d.torch_score(model.forward_features(x), model.forward_head(model.forward_features(x)))
+    assert floor == pytest.approx(float(clean.min()), rel=1e-6)
+    runs = {}
+    for early in (False, True):
+        counting = _Counting(model)
+        res = run_attack(counting, x, y, "adaptive", detector=d, eps=0.1, steps=10, early_stop=early,
+                         floor_score=floor, seed=1)
+        with torch.no_grad():
+            f = model.forward_features(res.adv_images)
+            s = d.torch_score(f, model.forward_head(f))
+        runs[early] = (counting.images, s, res.success)
+    (n_full, s_full, ok_full), (n_early, s_early, ok_early) = runs[False], runs[True]
+    below = ok_early & (s_early < floor)
+    assert int(below.sum()) >= len(x) // 2  # the toy detector is evadable: most samples end below the floor
+    assert n_early < 0.5 * n_full
+    auroc = lambda s: float((s[:, None] > clean[None, :]).double().mean())  # noqa: E731 (successful ones)
+    assert auroc(s_early[ok_early]) <= auroc(s_full[ok_full]) + 0.05
+    assert ok_early.float().mean() >= ok_full.float().mean() - 1e-12
+
+
 def _fit_data():
     g = torch.Generator().manual_seed(3)
     W, b = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)

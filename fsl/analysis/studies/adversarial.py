@@ -208,8 +208,10 @@ class AdversarialAnalysis(Analysis):
     uses = ("geometry",)
 
     def compute(self, ctx) -> Result:
+        from fsl.adversarial.attacks import attack_context
         from fsl.adversarial.evaluate import (Detectors, DistanceFunctions, evaluate_attack, per_sample_dtypes,
                                               summarize_attack)
+        from fsl.adversarial.methods.adaptive_detector import clean_floor
 
         net = ctx.model
         train = ctx.train_features(self.n_train)
@@ -231,6 +233,10 @@ class AdversarialAnalysis(Analysis):
         for name, params in tqdm(suite.items(), desc="attacks", disable=not ctx.progress, leave=False):
             params = dict(params)
             attack = params.pop("attack")
+            if attack == "adaptive" and params.get("target") in detectors.fitted and params.get("early_stop", True):
+                # the lowest clean score of every scored sample (not of one chunk): the same on every rank
+                with attack_context(net):
+                    params["floor_score"] = clean_floor(net, detectors[params["target"]], images, int(self.batch_size))
             parts, seconds = [], 0.0
             for k in range(rank, len(chunks), size):
                 rows = chunks[k]
