@@ -77,6 +77,81 @@ def ranked_detectors(m: dict, attack: str) -> list[tuple[str, float]]:
     return sorted(xs, key=lambda t: (-t[1] if not math.isnan(t[1]) else math.inf, t[0]))
 
 
+def adaptive_attacks(m: dict) -> list[str]:
+    """The adaptive attacks with results in ``m`` (``adaptive_<detector>``), sorted."""
+    return [a for a in attacks(m) if a.startswith("adaptive_")]
+
+
+def plain_attacks(m: dict) -> list[str]:
+    """The attacks of ``m`` that are not ``adaptive_<detector>``, sorted."""
+    return [a for a in attacks(m) if not a.startswith("adaptive_")]
+
+
+def fit_attack(manifest: dict, stage: str = "analyze") -> str:
+    """The suite entry the supervised detectors were fitted on, from the stage's composed config:
+    ``supervised.attack``, else the PGD whose budget the adaptive attacks take
+    (:func:`fsl.adversarial.suites.budget_entry`)."""
+    from fsl.adversarial.suites import budget_entry, check_suite, load_suite, suite_for_data
+
+    cfg = manifest["configs"][stage]
+    adv = cfg["analysis"]["adversarial"]
+    if (adv.get("supervised") or {}).get("attack"):
+        return str(adv["supervised"]["attack"])
+    suite = adv.get("attacks") or cfg.get("attacks") or {}
+    if not suite:
+        data = cfg.get("data", {}).get("name") or manifest["configs"]["classifier"]["data"]["name"]
+        suite = load_suite(suite_for_data(data))
+    return budget_entry(check_suite(suite), (adv.get("adaptive") or {}).get("like"))
+
+
+def adaptive_rows(m: dict, budget: str) -> list[dict]:
+    """One row per detector with an adaptive attack in ``m``, the most robust first (highest AUROC
+    under its own adaptive attack): AUROC and 95% interval under ``adaptive_<d>`` and under the plain
+    ``budget`` PGD, the non-adaptive attack with the lowest AUROC, robust accuracy at 5% FPR under
+    both, the clean accuracy lost to the 5% rejections, and the adaptive attack's seconds."""
+    rows = []
+    for a in adaptive_attacks(m):
+        d = a[len("adaptive_"):]
+        if f"adv/{a}/auroc/{d}" not in m:
+            continue
+        plain = [(p, _num(m[f"adv/{p}/auroc/{d}"])) for p in plain_attacks(m) if f"adv/{p}/auroc/{d}" in m]
+        worst = min(plain, key=lambda t: (math.inf if math.isnan(t[1]) else t[1], t[0])) if plain else ("n/a", math.nan)
+        rows.append({
+            "detector": d, "auroc": _num(m[f"adv/{a}/auroc/{d}"]), "lo": _num(m[f"adv/{a}/auroc_lo/{d}"]),
+            "hi": _num(m[f"adv/{a}/auroc_hi/{d}"]), "plain": _num(m[f"adv/{budget}/auroc/{d}"]),
+            "plain_lo": _num(m[f"adv/{budget}/auroc_lo/{d}"]), "plain_hi": _num(m[f"adv/{budget}/auroc_hi/{d}"]),
+            "worst_attack": worst[0], "worst": worst[1],
+            "robust": _num(m[f"adv/{a}/robust_acc_at_5fpr/{d}"]),
+            "robust_plain": _num(m[f"adv/{budget}/robust_acc_at_5fpr/{d}"]),
+            "lost": _num(m[f"adv/{a}/clean_acc_lost_at_5fpr/{d}"]), "seconds": _num(m[f"adv/{a}/seconds"]),
+            "success": _num(m[f"adv/{a}/success_rate"]),
+        })
+    return sorted(rows, key=lambda r: (-(r["auroc"] if not math.isnan(r["auroc"]) else -math.inf), r["detector"]))
+
+
+def caught_by_others(m: dict) -> list[dict]:
+    """For each ``adaptive_<d>`` of ``m``: the best AUROC among the *other* detectors (the attack
+    knows only ``d``), weakest first: ``{"attack", "target", "detector", "auroc"}``."""
+    out = []
+    for a in adaptive_attacks(m):
+        d = a[len("adaptive_"):]
+        others = [(k, v) for k, v in ranked_detectors(m, a) if k != d and not math.isnan(v)]
+        if others:
+            out.append({"attack": a, "target": d, "detector": others[0][0], "auroc": others[0][1]})
+    return sorted(out, key=lambda r: (r["auroc"], r["attack"]))
+
+
+def interval(m: dict, attack: str, detector: str, key: str = "auroc") -> str:
+    """``"0.912 [0.890, 0.933]"``: ``adv/<attack>/<key>/<detector>`` with its 95% bootstrap interval."""
+    v = m.get(f"adv/{attack}/{key}/{detector}")
+    if v is None:
+        return "n/a"
+    lo, hi = m.get(f"adv/{attack}/{key}_lo/{detector}"), m.get(f"adv/{attack}/{key}_hi/{detector}")
+    if lo is None or hi is None:
+        return fixed(v, 3)
+    return f"{fixed(v, 3)} [{fixed(lo, 3)}, {fixed(hi, 3)}]"
+
+
 def command(manifest: dict, key: str) -> str:
     """The command of stage ``key`` with every recorded checkpoint path shown as ``<name checkpoint>``
     (the paths are machine-specific; manifest.json keeps them and their SHA-256)."""
@@ -125,7 +200,9 @@ def render(template: str | Path, folder: str | Path) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.globals.update(attacks=attacks, detectors=detectors, keys=keys, median_over=median_over,
-                       ranked_detectors=ranked_detectors, command=command)
+                       ranked_detectors=ranked_detectors, command=command, adaptive_attacks=adaptive_attacks,
+                       plain_attacks=plain_attacks, fit_attack=fit_attack, adaptive_rows=adaptive_rows,
+                       interval=interval, caught_by_others=caught_by_others)
     env.filters.update(g3=g3, f3=lambda x: fixed(x, 3), f4=lambda x: fixed(x, 4), f2=lambda x: fixed(x, 2),
                        pct=pct, int=integer, secs=secs)
     try:

@@ -83,10 +83,10 @@ def adversarial_docs() -> tuple[MetricDoc, ...]:
         MetricDoc("<attack>/robust_acc_at_5fpr/<detector>", "robust accuracy of the classifier guarded by the "
                   "detector: fraction of the attacked samples that are flagged (score above the 5%-FPR threshold set on "
                   "clean scores) or still correctly classified; `threshold_split: half` sets the threshold on every other "
-                  "attacked sample and measures on the rest", FRACTION, in_results=False),
+                  "attacked sample and measures on the rest", FRACTION),
         MetricDoc("<attack>/clean_acc_lost_at_5fpr/<detector>", "fraction of the attacked (correctly classified) "
                   "clean samples the detector rejects at that threshold: the clean accuracy its rejections cost "
-                  "(relative to the correct predictions)", FRACTION, in_results=False),
+                  "(relative to the correct predictions)", FRACTION),
         MetricDoc("<attack>/seconds", "wall time of the attack itself (summed over this process' chunks)", "seconds"),
     )
 
