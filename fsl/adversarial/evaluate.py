@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from fsl.adversarial.attacks import attack_context, run_attack, select_correct
-from fsl.adversarial.methods import ATTACKS
-from fsl.adversarial.methods.adaptive_detector import clean_floor
+from fsl.adversarial.methods.adaptive_detector import with_clean_floor
 from fsl.adversarial.detectors import DETECTORS, Detector, FitData, build_detector, train_margin_rule
 from fsl.adversarial.metrics import detection_table
 from fsl.adversarial.robust import robust_accuracy
@@ -242,10 +241,7 @@ def evaluate_attack(model: nn.Module, images: Tensor, labels: Tensor, train_feat
             index = mask.nonzero().flatten().to(labels.device)
             x = images[index.to(images.device)]
             y = labels[index]
-    if attack_params.get("detector") is not None and "floor_score" in ATTACKS.defaults(attack) \
-            and attack_params.get("floor_score") is None:
-        with attack_context(model):
-            attack_params = {**attack_params, "floor_score": clean_floor(model, attack_params["detector"], x, batch_size)}
+    attack_params = with_clean_floor(model, attack, attack_params, x, batch_size)
     res = run_attack(model, x, y, attack, batch_size=batch_size, seed=seed, **attack_params)
 
     with attack_context(model), torch.no_grad():

@@ -57,6 +57,12 @@ def check_suite(suite: Mapping) -> dict[str, dict]:
     return out
 
 
+def base_suite(attacks: Mapping | None, data_name: str) -> dict[str, dict]:
+    """``attacks`` checked (:func:`check_suite`) or, when empty, the data set's own suite
+    (:func:`suite_for_data`, :func:`load_suite`)."""
+    return check_suite(attacks) if attacks else load_suite(suite_for_data(data_name))
+
+
 #: the options of the adaptive attacks (the adversarial analysis' ``adaptive`` node)
 ADAPTIVE_OPTIONS = {"enabled": True, "detectors": None, "like": None, "lambdas": [0.1, 1.0, 10.0],
                     "variants": ["sum", "orthogonal", "selective"], "early_stop": True}

@@ -88,20 +88,15 @@ def plain_attacks(m: dict) -> list[str]:
 
 
 def fit_attack(manifest: dict, stage: str = "analyze") -> str:
-    """The suite entry the supervised detectors were fitted on, from the stage's composed config:
-    ``supervised.attack``, else the PGD whose budget the adaptive attacks take
-    (:func:`fsl.adversarial.suites.budget_entry`)."""
-    from fsl.adversarial.suites import budget_entry, check_suite, load_suite, suite_for_data
+    """The suite entry the supervised detectors were fitted on, from the stage's composed config
+    (:func:`fsl.analysis.studies.adversarial.supervised_fit_attack`)."""
+    from fsl.adversarial.suites import base_suite
+    from fsl.analysis.studies.adversarial import supervised_fit_attack
 
     cfg = manifest["configs"][stage]
     adv = cfg["analysis"]["adversarial"]
-    if (adv.get("supervised") or {}).get("attack"):
-        return str(adv["supervised"]["attack"])
-    suite = adv.get("attacks") or cfg.get("attacks") or {}
-    if not suite:
-        data = cfg.get("data", {}).get("name") or manifest["configs"]["classifier"]["data"]["name"]
-        suite = load_suite(suite_for_data(data))
-    return budget_entry(check_suite(suite), (adv.get("adaptive") or {}).get("like"))
+    data = cfg.get("data", {}).get("name") or manifest["configs"]["classifier"]["data"]["name"]
+    return supervised_fit_attack(base_suite(adv.get("attacks") or cfg.get("attacks"), data), adv)
 
 
 def adaptive_rows(m: dict, budget: str) -> list[dict]:
@@ -119,12 +114,10 @@ def adaptive_rows(m: dict, budget: str) -> list[dict]:
         rows.append({
             "detector": d, "auroc": _num(m[f"adv/{a}/auroc/{d}"]), "lo": _num(m[f"adv/{a}/auroc_lo/{d}"]),
             "hi": _num(m[f"adv/{a}/auroc_hi/{d}"]), "plain": _num(m[f"adv/{budget}/auroc/{d}"]),
-            "plain_lo": _num(m[f"adv/{budget}/auroc_lo/{d}"]), "plain_hi": _num(m[f"adv/{budget}/auroc_hi/{d}"]),
             "worst_attack": worst[0], "worst": worst[1],
             "robust": _num(m[f"adv/{a}/robust_acc_at_5fpr/{d}"]),
             "robust_plain": _num(m[f"adv/{budget}/robust_acc_at_5fpr/{d}"]),
             "lost": _num(m[f"adv/{a}/clean_acc_lost_at_5fpr/{d}"]), "seconds": _num(m[f"adv/{a}/seconds"]),
-            "success": _num(m[f"adv/{a}/success_rate"]),
         })
     return sorted(rows, key=lambda r: (-(r["auroc"] if not math.isnan(r["auroc"]) else -math.inf), r["detector"]))
 

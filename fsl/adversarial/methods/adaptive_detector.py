@@ -78,6 +78,22 @@ def clean_floor(model: nn.Module, detector, images: torch.Tensor, batch_size: in
     return float(torch.stack(lows).min()) if lows else float("-inf")
 
 
+def with_clean_floor(model: nn.Module, attack: str, params: dict, images: torch.Tensor, batch_size: int = 256,
+                     detector=None) -> dict:
+    """``params`` of ``attack`` plus ``floor_score`` (:func:`clean_floor` of ``images``) when the attack
+    takes one (``adaptive``), has a detector (``detector`` or ``params["detector"]``), stops early
+    and has no floor yet; else ``params`` unchanged."""
+    from fsl.adversarial.attacks import attack_context
+    from fsl.adversarial.methods.registry import ATTACKS
+
+    detector = detector if detector is not None else params.get("detector")
+    if (detector is None or params.get("floor_score") is not None or not params.get("early_stop", True)
+            or "floor_score" not in ATTACKS.defaults(attack)):
+        return params
+    with attack_context(model):
+        return {**params, "floor_score": clean_floor(model, detector, images, batch_size)}
+
+
 class _Best:
     """Per sample: the successful candidate with the lowest score, else the one with the largest gap."""
 

@@ -95,21 +95,31 @@ def adversarial_docs() -> tuple[MetricDoc, ...]:
 SUPERVISED_OPTIONS = {"enabled": True, "fit_fraction": 0.3, "attack": None}
 
 
+def supervised_fit_attack(suite: dict, options: dict) -> str:
+    """The entry of ``suite`` the supervised detectors are fitted on, from the analysis' ``options``:
+    ``supervised.attack``, else the PGD whose budget the adaptive attacks take
+    (:func:`fsl.adversarial.suites.budget_entry` with ``adaptive.like``)."""
+    from fsl.adversarial.suites import budget_entry
+
+    return (options.get("supervised") or {}).get("attack") or \
+        budget_entry(suite, (options.get("adaptive") or {}).get("like"))
+
+
 def fit_supervised(analysis, ctx, detectors, images, labels, attacked) -> tuple[torch.Tensor, list[str]]:
     """Fit the supervised detectors (``lid``, ``mahalanobis_ml``) on a seeded fraction
     (``supervised.fit_fraction``) of the samples to attack, with the adversarial examples of the suite's
     entry ``supervised.attack`` (null: the PGD whose budget the adaptive attacks take) and noisy copies
     (``fsl.adversarial.supervised``). Returns the remaining positions, the only ones the attacks
     score (every detector on the same samples), and the report's lines naming the fit attack."""
-    from fsl.adversarial.suites import budget_entry, check_suite, load_suite, suite_for_data
+    from fsl.adversarial.suites import base_suite
     from fsl.adversarial.supervised import fit_supervised_detectors, split_fit_rows, supervised_names
 
     opts = {**SUPERVISED_OPTIONS, **dict(analysis.options.get("supervised") or {})}
     names = supervised_names() if opts["enabled"] else []
     if not names:
         return attacked, []
-    base = check_suite(analysis.attacks) if analysis.attacks else load_suite(suite_for_data(ctx.data_name))
-    fit_name = opts["attack"] or budget_entry(base, (analysis.options.get("adaptive") or {}).get("like"))
+    base = base_suite(analysis.attacks, ctx.data_name)
+    fit_name = supervised_fit_attack(base, analysis.options)
     fit_rows, score_rows = split_fit_rows(len(attacked), float(opts["fit_fraction"]), ctx.seed)
     if len(fit_rows) == 0:
         return attacked, []
@@ -132,9 +142,9 @@ def resolve_suite(attacks, only, data_name: str, adaptive=None, detectors=()) ->
     """The attacks to run: ``attacks`` (a suite dict) or, when empty, the data set's suite
     (``fsl.adversarial.suite_for_data``), plus ``adaptive_<detector>`` for the ``detectors`` under the
     ``adaptive`` options (``fsl.adversarial.suites.adaptive_suite``), restricted to the names in ``only``."""
-    from fsl.adversarial.suites import adaptive_suite, check_suite, load_suite, suite_for_data
+    from fsl.adversarial.suites import adaptive_suite, base_suite
 
-    suite = check_suite(attacks) if attacks else load_suite(suite_for_data(data_name))
+    suite = base_suite(attacks, data_name)
     suite = adaptive_suite(suite, list(detectors), adaptive) if detectors else suite
     if only:
         only = [str(a) for a in only]
@@ -208,10 +218,9 @@ class AdversarialAnalysis(Analysis):
     uses = ("geometry",)
 
     def compute(self, ctx) -> Result:
-        from fsl.adversarial.attacks import attack_context
         from fsl.adversarial.evaluate import (Detectors, DistanceFunctions, evaluate_attack, per_sample_dtypes,
                                               summarize_attack)
-        from fsl.adversarial.methods.adaptive_detector import clean_floor
+        from fsl.adversarial.methods.adaptive_detector import with_clean_floor
 
         net = ctx.model
         train = ctx.train_features(self.n_train)
@@ -233,10 +242,10 @@ class AdversarialAnalysis(Analysis):
         for name, params in tqdm(suite.items(), desc="attacks", disable=not ctx.progress, leave=False):
             params = dict(params)
             attack = params.pop("attack")
-            if attack == "adaptive" and params.get("target") in detectors.fitted and params.get("early_stop", True):
+            if params.get("target") in detectors.fitted:
                 # the lowest clean score of every scored sample (not of one chunk): the same on every rank
-                with attack_context(net):
-                    params["floor_score"] = clean_floor(net, detectors[params["target"]], images, int(self.batch_size))
+                params = with_clean_floor(net, attack, params, images, int(self.batch_size),
+                                          detectors[params["target"]])
             parts, seconds = [], 0.0
             for k in range(rank, len(chunks), size):
                 rows = chunks[k]
