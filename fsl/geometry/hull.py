@@ -85,37 +85,37 @@ class HullResult:
 
 def _solve_working_sets(pr: Pricer, qc: Tensor, S: Tensor, valid: Tensor, a: Tensor, G: Tensor, k_old: int,
                         H: Tensor | None, c: Tensor | None, max_iter: int, add_per_iter: int):
-    """Exact projections onto the working sets, in blocks of queries: gathers the rows of ``S``
-    (centred, float64) once, fills the Gram columns ``k_old:`` of ``G`` (rows ``d - q``; zero for
-    invalid entries), solves (:func:`simplex_qp`, ``a`` in place, from the inverses ``H`` of the
-    previous supports) and returns the projections ``p = a^T (D_S - c)`` ``(L, f)``, the new ``H``
-    and ``c`` and the largest number of active-set iterations."""
+    """Exact projections onto the working sets, in blocks of queries: gathers the rows ``d - q`` of
+    ``S`` (float64) once, fills the Gram columns ``k_old:`` of ``G`` (zero for invalid entries),
+    solves (:func:`simplex_qp`, ``a`` in place, from the inverses ``H`` of the previous supports) and
+    returns ``u = q - p = -a^T (D_S - q)`` ``(L, f)``, the new ``H`` and ``c`` and the largest number
+    of active-set iterations."""
     L, K = S.shape
-    p = torch.empty_like(qc)
+    u = torch.empty_like(qc)
     Hn = torch.empty((L, K, K), dtype=G.dtype, device=G.device)
     cn = torch.empty(L, dtype=G.dtype, device=G.device)
     its = 0
     step = pr.block_rows(K)
     for l0 in range(0, L, step):
         sl = slice(l0, l0 + step)
-        X = pr.centred(S[sl])
+        E = pr.offsets(S[sl], qc[sl])  # invalid entries hold row 0: masked in G, weight 0 in a
         if k_old < K:
-            E = (X - qc[sl, None, :]) * valid[sl, :, None]
             C = torch.bmm(E[:, k_old:], E.transpose(1, 2))  # (l, K - k_old, K)
+            C.mul_(valid[sl, k_old:, None] & valid[sl, None, :])
             G[sl, k_old:, :] = C
             G[sl, :k_old, k_old:] = C[:, :, :k_old].transpose(1, 2)
         _, it, Hn[sl], cn[sl] = simplex_qp(G[sl], valid[sl], a[sl], max_iter, add_per_iter,
                                            None if H is None else H[sl], None if c is None else c[sl])
-        p[sl] = torch.bmm(a[sl, None, :], X).squeeze(1)
+        u[sl] = torch.bmm(a[sl, None, :], E).squeeze(1).neg_()
         its = max(its, it)
-    return p, Hn, cn, its
+    return u, Hn, cn, its
 
 
-def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
+def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 16,
                    k_add: int = 8, max_rounds: int = 100, max_working: int | None = None,
                    chunk_q: int = 2048, chunk_n: int = 16384, dtype: torch.dtype = torch.float64,
                    pricing_dtype: torch.dtype | None = None, inner_max_iter: int = 500,
-                   add_per_iter: int = 4, k_check: int = 32, *, grow: float = 0.5,
+                   add_per_iter: int = 4, k_check: int = 32, *, grow: float = 0.75,
                    gather_mb: int = 256) -> HullResult:
     """Distance from each query to the convex hull of ``points``, with a certified gap.
 
@@ -126,11 +126,13 @@ def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
             whole.
         tol: relative duality-gap tolerance for ``certified`` (see the module docstring).
         k_init: nearest points that seed the working set; k_add: fewest points added per round;
-            grow: a round adds up to ``max(k_add, grow * support size)`` improving points.
+            grow: a round adds up to ``max(k_add, grow * support size)`` improving points (16 and
+            0.75: fewer pricing passes than 8 and 0.5 at f >= 512 for the same time per query at
+            f = 64; docs/geometry.md has the measurements).
         add_per_iter: indices joining the active set per active-set step (4: fewer, larger steps
             than 2 at the same speed on an idle machine, and fewer small operations, which matters
-            on a busy 2-core machine; at f = 2,048 ``grow=1, k_init=32, add_per_iter=8`` saves a few
-            rounds).
+            on a busy 2-core machine; 8 is a few percent faster at f = 2,048 and a fifth slower at
+            f = 64).
         max_rounds: pricing rounds (each one pass over ``points`` for the unfinished queries).
         max_working: cap on the working-set size (default ``max(64, f + 1 + 2 k_add)``).
         chunk_q, chunk_n: query / point chunk sizes of the pricing matmul (memory
@@ -147,7 +149,8 @@ def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
 
     Cost: ``rounds + 1`` passes of ``2 Q N f`` flops (float32 GEMM, the unfinished queries only;
     typically 6-12 rounds) and two statistics passes over the points; per round and query, ``K``
-    gathered float64 rows (``K`` the working-set size: the support plus the new candidates),
+    gathered float64 rows ``d - q`` (``K`` the working-set size: the support plus the new
+    candidates; gathered, converted and shifted a few queries at a time into a reused workspace),
     ``O(m K f)`` flops for the ``m`` new Gram rows, ``O(K^2)`` per active-set step and a few rescored
     candidates.  Memory beyond the inputs: ``N`` float64 squared norms, a ``chunk_q x chunk_n``
     float32 score block, blocks of a few times ``gather_mb`` of gathered rows, and two float64
@@ -207,7 +210,8 @@ def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
             lpr += [0] * (rnd + 1 - len(lpr))
             lpr[rnd] += int(live.numel())
             ql = qc[live]
-            p, H, c, its = _solve_working_sets(pr, ql, S, valid, a, G, k_old, H, c, inner_max_iter, add_per_iter)
+            u, H, c, its = _solve_working_sets(pr, ql, S, valid, a, G, k_old, H, c, inner_max_iter, add_per_iter)
+            p = ql - u
             stats["inner_iterations"] += its
             # support first (by decreasing weight), the rest leaves
             supp = (a > 0) & valid
@@ -222,7 +226,6 @@ def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 8,
             G = G.gather(1, o[:, :, None].expand(-1, -1, G.shape[2])).gather(2, o[:, None, :].expand(-1, kmax, -1))
             G = G * (valid[:, :, None] & valid[:, None, :])
             H = H.gather(1, o[:, :, None].expand(-1, -1, H.shape[2])).gather(2, o[:, None, :].expand(-1, kmax, -1))
-            u = ql - p
             up = (u * p).sum(1)
             d2 = (u * u).sum(1)
             scale = torch.clamp(d2, min=floor2)

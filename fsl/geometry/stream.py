@@ -271,6 +271,7 @@ class Pricer:
             for n0, x in rows.blocks(chunk_n, torch.float64):
                 self.cache[n0:n0 + x.shape[0]] = x - self.cen
         self.passes = self.f64_passes = self.rescored = 0
+        self._ws = None  # the workspace of buffer()
         self.unit = float(torch.finfo(pdtype).eps) / 2
 
     def _chunks(self, dtype):
@@ -307,15 +308,33 @@ class Pricer:
     def block_rows(self, per_row: int) -> int:
         return max(1, self.gather_bytes // max(1, per_row * self.rows.f * 8))
 
-    def centred(self, idx: Tensor) -> Tensor:
-        return self.rows.take(idx, self.dtype) - self.cen
+    def buffer(self, shape: tuple, device) -> Tensor:
+        """An uninitialised ``dtype`` array of ``shape`` in a workspace reused across calls (a fresh
+        large allocation is page-faulted in every time), valid until the next call."""
+        n = math.prod(shape)
+        if self._ws is None or self._ws.numel() < n or self._ws.device != torch.device(device):
+            self._ws = torch.empty(n, dtype=self.dtype, device=device)
+        return self._ws[:n].view(shape)
+
+    def offsets(self, idx: Tensor, qc: Tensor | None = None, block_mb: float = 2.0) -> Tensor:
+        """``(d_k - c) - q_c`` in ``dtype`` (``d_k - c`` without ``qc``) for the points ``idx``
+        ``(L, K)`` of each centred query ``qc`` ``(L, f)``: ``(L, K, f)`` in the workspace
+        (:meth:`buffer`), gathered, converted and shifted a few rows of ``idx`` at a time so that
+        the intermediates stay in cache."""
+        out = self.buffer(tuple(idx.shape) + (self.rows.f,), self.cen.device)
+        step = max(1, int(block_mb * 2 ** 20) // max(1, idx.shape[1] * self.rows.f * 8))
+        for l0 in range(0, idx.shape[0], step):
+            (o := out[l0:l0 + step]).copy_(self.rows.take(idx[l0:l0 + step], None)).sub_(self.cen)
+            if qc is not None:
+                o.sub_(qc[l0:l0 + step, None, :])
+        return out
 
     def rescore(self, U: Tensor, idx: Tensor) -> Tensor:
         """float64 ``u·(d - c)`` for the points ``idx`` ``(L, m)`` of each row ``u`` of ``U``."""
         out = torch.empty(idx.shape, dtype=self.dtype, device=U.device)
         step = self.block_rows(idx.shape[1])
         for l0 in range(0, idx.shape[0], step):
-            X = self.centred(idx[l0:l0 + step])
+            X = self.offsets(idx[l0:l0 + step])
             out[l0:l0 + step] = torch.bmm(X, U[l0:l0 + step, :, None]).squeeze(2)
         self.rescored += idx.numel()
         return out
