@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .flip_dual import class_gaps
+
 Tensor = torch.Tensor
 
 
@@ -61,7 +63,7 @@ def project_block(Xc: Tensor, pc: Tensor, cls: Tensor, W: Tensor, b: Tensor, lo:
     Bc, K = Xc.shape[0], cls.shape[1]  # cls may be (1, K): the same classes for every sample
     f = Xc.shape[1]
     n = W.shape[0]
-    dev, dt = Xc.device, Xc.dtype
+    dev = Xc.device
     has_lo = bool(torch.isfinite(lo).any())
     has_hi = bool(torch.isfinite(hi).any())
     isp = cls == pc[:, None]
@@ -145,9 +147,8 @@ def project_block(Xc: Tensor, pc: Tensor, cls: Tensor, W: Tensor, b: Tensor, lo:
     d = torch.where(bad | isp, torch.full_like(h, float("nan")), (y - x).norm(dim=-1))
     out = Block(y=y, t=t, d=d, lb=lb, stuck=stuck, unsolved=unsolved)
     if check:
-        zy = torch.addmm(b, y.reshape(-1, f), W.T).view(Bc, K, n)  # logits at each point
-        r = zy.gather(2, pc[:, None, None].expand(Bc, K, 1)) - zy  # r[s, j, k] = z_i - z_k
-        scale = 1.0 + zy.abs().amax(-1)
+        r, scale = class_gaps(y.reshape(-1, f), pc.repeat_interleave(K), W, b)  # at each point
+        r, scale = r.view(Bc, K, n), scale.view(Bc, K)  # r[s, j, k] = z_i - z_k
         jm = torch.arange(n, device=dev)[None, None, :] == cls[:, :, None]  # k == j
         viol = torch.where(jm, r.abs(), (-r).clamp_min(0)).amax(-1)
         out.feasible = ~bad & (viol <= feas_tol * scale) & ~isp
@@ -157,5 +158,5 @@ def project_block(Xc: Tensor, pc: Tensor, cls: Tensor, W: Tensor, b: Tensor, lo:
             s = torch.where(cross, rx / torch.where(cross, rx - r, torch.ones_like(r)), torch.ones_like(r))
             s = s.amin(-1).clamp(0.0, 1.0)
             out.crossing = torch.where(bad | isp, torch.full_like(d, float("inf")), s * d)
-        del zy, r
+        del r
     return out
