@@ -149,9 +149,9 @@ def hull_distances(queries: Tensor, points, tol: float = 1e-6, k_init: int = 16,
 
     Cost: ``rounds + 1`` passes of ``2 Q N f`` flops (float32 GEMM, the unfinished queries only;
     typically 6-20 rounds: 8 on the synthetic benchmarks, 18 on Fashion-MNIST's 64-d features) and
-    two statistics passes over the points; per round and query, ``K``
-    gathered float64 rows ``d - q`` (``K`` the working-set size: the support plus the new
-    candidates; gathered, converted and shifted a few queries at a time into a reused workspace),
+    two statistics passes over the points; per round and query, ``K`` gathered float64 rows ``d - q``
+    (``K`` the working-set size: the support plus the new candidates; gathered, converted and
+    shifted a few queries at a time into a reused workspace),
     ``O(m K f)`` flops for the ``m`` new Gram rows, ``O(K^2)`` per active-set step and a few rescored
     candidates.  Memory beyond the inputs: ``N`` float64 squared norms, a ``chunk_q x chunk_n``
     float32 score block, blocks of a few times ``gather_mb`` of gathered rows, and two float64

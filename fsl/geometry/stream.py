@@ -308,12 +308,12 @@ class Pricer:
     def block_rows(self, per_row: int) -> int:
         return max(1, self.gather_bytes // max(1, per_row * self.rows.f * 8))
 
-    def buffer(self, shape: tuple, device) -> Tensor:
-        """An uninitialised ``dtype`` array of ``shape`` in a workspace reused across calls (a fresh
-        large allocation is page-faulted in every time), valid until the next call."""
+    def buffer(self, shape: tuple) -> Tensor:
+        """An uninitialised ``dtype`` array of ``shape`` on the centroid's device, in a workspace reused
+        across calls (a fresh large allocation is page-faulted in every time), valid until the next call."""
         n = math.prod(shape)
-        if self._ws is None or self._ws.numel() < n or self._ws.device != torch.device(device):
-            self._ws = torch.empty(n, dtype=self.dtype, device=device)
+        if self._ws is None or self._ws.numel() < n:
+            self._ws = torch.empty(n, dtype=self.dtype, device=self.cen.device)
         return self._ws[:n].view(shape)
 
     def offsets(self, idx: Tensor, qc: Tensor | None = None, block_mb: float = 2.0) -> Tensor:
@@ -321,7 +321,7 @@ class Pricer:
         ``(L, K)`` of each centred query ``qc`` ``(L, f)``: ``(L, K, f)`` in the workspace
         (:meth:`buffer`), gathered, converted and shifted a few rows of ``idx`` at a time so that
         the intermediates stay in cache."""
-        out = self.buffer(tuple(idx.shape) + (self.rows.f,), self.cen.device)
+        out = self.buffer(tuple(idx.shape) + (self.rows.f,))
         step = max(1, int(block_mb * 2 ** 20) // max(1, idx.shape[1] * self.rows.f * 8))
         for l0 in range(0, idx.shape[0], step):
             (o := out[l0:l0 + step]).copy_(self.rows.take(idx[l0:l0 + step], None)).sub_(self.cen)
